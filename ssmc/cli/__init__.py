@@ -1,0 +1,55 @@
+"""The ``ssmc`` command line.
+
+Each command group lives in its own module and imports its heavy dependencies lazily, so
+``ssmc --help`` is instant and ``ssmc run`` never imports torch. User mistakes raise
+``SsmcError`` and are printed as one line (exit status 2); anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ssmc import __version__
+from ssmc.errors import SsmcError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SsmcError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ssmc")
+def cli() -> None:
+    """ssmc: train Decision-Mamba-family offline-RL policies, compile them for embedded
+    targets and verify the result against PyTorch.
+
+    \b
+    Pipeline:  data collect/inspect -> train -> eval -> compile -> verify/run/hil
+    Start with `ssmc quickstart` for the whole pipeline, small, in a few minutes.
+    """
+
+
+def _register() -> None:
+    from ssmc.cli import data
+
+    for cmd in data.COMMANDS:
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="ssmc")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``ssmc data``: collect datasets locally and inspect any supported dataset."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert")
+
+
+@click.group()
+def data() -> None:
+    """Collect offline-RL datasets locally, or inspect D4RL / Minari / ssmc datasets."""
+
+
+@data.command()
+@click.argument("path")
+@click.option("--env", "env", default=None, help="Environment id, when the file does not name it (e.g. Hopper-v5).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
+def inspect(path: str, env: str | None, as_json: bool) -> None:
+    """Summarise a dataset: D4RL-layout HDF5, a Minari dataset (directory or local id), or an ssmc file.
+
+    Prints transitions, episodes, observation/action sizes, episode-return min/mean/max and the
+    D4RL-normalised mean return where the environment is known.
+    """
+    from ssmc.train.dataset import format_summary, load_dataset, summarize
+
+    summary = summarize(load_dataset(path), env=env)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(format_summary(summary))
+
+
+@data.command()
+@click.argument("env")
+@click.option("--quality", type=click.Choice(QUALITIES), required=True, help="D4RL-style data quality.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output HDF5 path [default: data/<env>-<quality>.hdf5].")
+@click.option("--size", type=int, default=None,
+              help="Transitions to collect [default: 200000 for MuJoCo, 20000 for the fast task].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the policy training and the rollouts.")
+def collect(env: str, quality: str, out: str | None, size: int | None, seed: int) -> None:
+    """Collect a D4RL-layout dataset for ENV (Hopper-v5, HalfCheetah-v5, Walker2d-v5, Pendulum-v1).
+
+    Behaviour policies are trained on this CPU (ARS linear policies for MuJoCo, a noisy scripted
+    controller for Pendulum-v1), cached, and deterministic given --seed; shipped ones are used
+    when present. Scores are "D4RL-like": D4RL's constants on our own behaviour data.
+    """
+    from ssmc.train.collect import collect as run_collect
+
+    path = run_collect(env, quality, out=out, size=size, seed=seed, progress=True)
+    click.echo(str(path))
+
+
+COMMANDS = [data]

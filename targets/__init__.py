@@ -1,0 +1,1 @@
+"""ssmc.targets: target descriptors (not yet built; see the compile issue)."""
