@@ -38,10 +38,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from ssmc.cli import data
+    from ssmc.cli import data, quickstart, train
 
-    for cmd in data.COMMANDS:
-        cli.add_command(cmd)
+    for module in (data, train, quickstart):
+        for cmd in module.COMMANDS:
+            cli.add_command(cmd)
 
 
 _register()
