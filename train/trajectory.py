@@ -7,8 +7,8 @@ index within its episode and a mask for padding. ``WindowSampler`` precomputes e
 per transition once, so each ``sample`` call is a handful of vectorised gathers: training
 calls it thousands of times.
 
-The module imports torch only inside ``WindowSampler.sample``, so the dataset tools
-(``ssmc data inspect``) can use the episode helpers without paying for it.
+Torch (and scipy) are imported only where used, so the dataset tools (``ssmc data inspect``)
+can use the episode helpers without paying for them.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.signal import lfilter
-
-from ssmc.train.dataset import OfflineData
 
 if TYPE_CHECKING:
     import torch
+
+    from ssmc.train.dataset import OfflineData
 
 
 def episode_bounds(data: OfflineData) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +31,8 @@ def episode_bounds(data: OfflineData) -> tuple[np.ndarray, np.ndarray]:
     mid-episode, and its steps are still valid data).
     """
     n = len(data)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     ends = np.flatnonzero(np.asarray(data.terminals, bool) | np.asarray(data.timeouts, bool)) + 1
     if ends.size == 0 or ends[-1] != n:
         ends = np.append(ends, n)
@@ -42,7 +43,7 @@ def episode_bounds(data: OfflineData) -> tuple[np.ndarray, np.ndarray]:
 def split_episodes(data: OfflineData) -> list[slice]:
     """One row slice per episode (see ``episode_bounds`` for where episodes end)."""
     starts, ends = episode_bounds(data)
-    return [slice(int(s), int(e)) for s, e in zip(starts, ends)]
+    return [slice(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
 
 
 def _cumsum0(rewards: np.ndarray) -> np.ndarray:
@@ -62,6 +63,8 @@ def returns_to_go(rewards: np.ndarray, gamma: float = 1.0) -> np.ndarray:
 
     The reward at step t is included, the convention Decision Transformer trains with.
     """
+    from scipy.signal import lfilter  # scipy.signal takes ~1.5 s to import: only when used
+
     r = np.asarray(rewards, np.float64)
     # A first-order IIR filter run over the reversed rewards is the discounted suffix sum.
     return lfilter([1.0], [1.0, -gamma], r[::-1])[::-1].copy()
@@ -98,7 +101,8 @@ class WindowSampler:
     Sampling is deterministic given ``seed``.
 
     obs_mean / obs_std default to ``obs_stats(data)``; the values used are kept as
-    attributes so the trainer can store them with the model.
+    attributes so the trainer can store them with the model. ``rng`` is the numpy Generator
+    that draws the windows: saving and restoring its ``bit_generator.state`` resumes sampling.
     """
 
     def __init__(
@@ -126,7 +130,7 @@ class WindowSampler:
         self.obs_mean = np.asarray(obs_mean, np.float32)
         self.obs_std = np.asarray(obs_std, np.float32)
         self._n = n
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
 
         starts, ends = episode_bounds(data)
         lengths = ends - starts
@@ -152,15 +156,14 @@ class WindowSampler:
         import torch
 
         n, k = self._n, self.K
-        pick = self._rng.integers(0, n, size=batch_size)  # (B,) uniform over transitions
+        pick = self.rng.integers(0, n, size=batch_size)  # (B,) uniform over transitions
+        first = self._row_start[pick][:, None]  # (B,1) first row of each window's episode
         if self.from_start:
-            first = self._row_start[pick]
-            idx = first[:, None] + np.arange(k)  # (B,K)
+            idx = first + np.arange(k)  # (B,K) the episode's first K steps
             real = idx < self._row_end[pick][:, None]
         else:
             idx = pick[:, None] + np.arange(k) - (k - 1)  # (B,K) the K steps ending at pick
-            real = idx >= self._row_start[pick][:, None]
-        first = self._row_start[pick][:, None]  # (B,1)
+            real = idx >= first
         idx = np.where(real, idx, n)
         prev = np.where(real & (idx > first), idx - 1, n)  # (B,K) previous row, or the zero row
 

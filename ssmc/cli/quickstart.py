@@ -19,7 +19,7 @@ def quickstart(workdir: str, steps: int, episodes: int) -> None:
     from ssmc.train.collect import collect
     from ssmc.train.dataset import format_summary, load_dataset, summarize
     from ssmc.train.rollout import evaluate_checkpoint
-    from ssmc.train.trainer import Trainer, TrainConfig
+    from ssmc.train.trainer import TrainConfig, Trainer
 
     root = Path(workdir)
     t0 = time.perf_counter()

@@ -58,7 +58,7 @@ def train(model_name: str, dataset: str, out: str, steps: int, batch_size: int, 
     from ssmc.train.envs import guess_env
     from ssmc.train.models import MODELS
     from ssmc.train.rollout import check_dims
-    from ssmc.train.trainer import Trainer, TrainConfig
+    from ssmc.train.trainer import TrainConfig, Trainer
 
     if model_name not in MODELS:
         raise ConfigError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
