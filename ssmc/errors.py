@@ -16,3 +16,7 @@ class DatasetError(SsmcError):
 
 class ConfigError(SsmcError):
     """An unknown name or an invalid configuration value."""
+
+
+class ArtifactError(SsmcError):
+    """A compiled artifact that is missing, tampered with, incomplete or of another format version."""

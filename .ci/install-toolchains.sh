@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install the Debian packages the compile and runtime stages need for aarch64 work:
+#   gcc-aarch64-linux-gnu / g++-aarch64-linux-gnu  cross compiler + sysroot (/usr/aarch64-linux-gnu)
+#                                                  used to link aarch64 TVM libraries and the C runtime
+#   qemu-user-static                               runs the aarch64 artifacts here:
+#                                                  qemu-aarch64-static -L /usr/aarch64-linux-gnu ./prog
+#
+# Idempotent: when every package is already installed it does nothing (no apt-get update).
+# Run as root (CI) or with sudo available. Exit status is non-zero if installation fails.
+set -euo pipefail
+
+PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != "install ok installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-toolchains: all present (${PACKAGES[*]})"
+else
+    SUDO=()
+    if [[ $(id -u) -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1; then
+            SUDO=(sudo)
+        else
+            echo "install-toolchains: need root (or sudo) to install: ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+    echo "install-toolchains: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Sanity checks: the tools compile/ and runtime/ call by name.
+for tool in aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64-static; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "install-toolchains: $tool not on PATH after installation" >&2
+        exit 1
+    fi
+done
+if [[ ! -d /usr/aarch64-linux-gnu/lib ]]; then
+    echo "install-toolchains: aarch64 sysroot /usr/aarch64-linux-gnu/lib missing" >&2
+    exit 1
+fi
+echo "install-toolchains: ok ($(aarch64-linux-gnu-gcc -dumpversion), $(qemu-aarch64-static --version | head -n1))"
