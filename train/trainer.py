@@ -41,7 +41,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     save_every: int = 1_000
-    threads: int = 0  # 0: torch's default
+    threads: int = 1  # one thread beat two on 2-core machines (FINDINGS.md); 0 keeps torch's default
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "save_every"):
@@ -116,17 +116,14 @@ class Trainer:
         from_start = self.model.semantics == "recurrent"
         self.sampler = WindowSampler(data, self.model.config.K, cfg.rtg_scale, mean, std,
                                      seed=cfg.seed, from_start=from_start)
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or n.endswith(("A_log", "D")) else decay).append(p)
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.opt = torch.optim.AdamW(self.model.param_groups(cfg.weight_decay), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.step = 0
         self.wall = 0.0
 
     # -- resume -------------------------------------------------------------------------------
     def save(self) -> None:
+        self.extra["params"] = self.model.num_params()
         self.extra["steps_done"] = self.step
         self.extra["train_wall_s"] = round(self.wall, 1)
         save_checkpoint(self.model, self.out, self.extra)

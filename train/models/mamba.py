@@ -1,0 +1,136 @@
+"""The Mamba block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+Section 3.4 and Figure 3), with the parameter names, shapes and initialisation of
+``mamba_ssm.modules.mamba_simple.Mamba`` so that state dicts interchange in both directions.
+
+    x ─ in_proj ─┬─ x ─ conv1d (depthwise, causal) ─ SiLU ─ x_proj ─► Δ, B, C ─ selective scan ─┐
+                 └─ z ─────────────────────────────────────────── SiLU ─────────────── gate ───┴─ out_proj
+
+Two ways to run it, which must agree to ~1e-6 in fp32 (tests/test_mamba.py):
+- ``forward``: a whole (b, l, d_model) sequence from a zero state (training, window inference);
+- ``step``: one token on carried state, a pure function of tensors (deployment, export).
+
+The one addition to mamba_ssm's module is ``use_conv=False``, which removes the depthwise conv1d
+(Decision MetaMamba replaces it with its dense sequence mixer; see dmm.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssmc.train.models.scan import selective_scan, ssm_step
+
+
+class Mamba(nn.Module):
+    """Selective SSM block; glossary in scan.py. d_inner = expand·d_model, dt_rank = ceil(d_model/16).
+
+    Parameters (mamba_ssm names): in_proj.weight (2·d_inner, d_model); conv1d.weight (d_inner, 1, d_conv);
+    conv1d.bias (d_inner); x_proj.weight (dt_rank + 2·d_state, d_inner); dt_proj.weight (d_inner, dt_rank);
+    dt_proj.bias (d_inner); A_log (d_inner, d_state); D (d_inner); out_proj.weight (d_model, d_inner).
+    Recurrent state: conv (b, d_inner, d_conv - 1) = the previous d_conv - 1 conv inputs (mamba_ssm keeps
+    d_conv columns, the newest being the current input; we append it with ``cat`` instead), and ssm
+    (b, d_inner, d_state), both fp32.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        use_conv: bool = True,
+        conv_bias: bool = True,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.use_conv = use_conv
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        if use_conv:
+            self.conv1d = nn.Conv1d(
+                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+            )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+        # Δ initialisation (paper Section 3.6 / mamba_ssm): weights U(±dt_rank^-0.5); the bias is the inverse
+        # softplus of Δ drawn log-uniformly in [dt_min, dt_max], so softplus(bias) starts in that range.
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True  # model-level inits that zero biases must skip it
+
+        # S4D-real initialisation A = -(1, 2, ..., d_state) for every channel, stored as log(-A); D = 1.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))  # (d_inner, d_state)
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def _split_xdbl(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_proj output (..., dt_rank + 2·d_state) -> Δ before dt_proj (..., dt_rank), B, C (..., d_state)."""
+        r, n = self.dt_rank, self.d_state
+        return x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden: (b, l, d_model) -> (b, l, d_model), from a zero state."""
+        L = hidden.shape[1]
+        xz = self.in_proj(hidden)  # (b, l, 2·d_inner)
+        x, z = xz[..., : self.d_inner], xz[..., self.d_inner :]
+        x = x.transpose(1, 2)  # (b, d_inner, l)
+        if self.use_conv:
+            x = self.conv1d(x)[..., :L]  # causal: drop the right padding
+        x = F.silu(x)
+        dt, B, C = self._split_xdbl(self.x_proj(x.transpose(1, 2)))  # (b, l, ·)
+        dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); bias and softplus inside the scan
+        y = selective_scan(
+            x, dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+            self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        )  # (b, d_inner, l)
+        return self.out_proj(y.transpose(1, 2))
+
+    def init_state(self, batch_size: int = 1) -> tuple[Tensor | None, Tensor]:
+        """Zero (conv_state, ssm_state) for ``step``; conv_state is None when the conv is removed."""
+        device = self.A_log.device
+        conv = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device) if self.use_conv else None
+        return conv, torch.zeros(batch_size, self.d_inner, self.d_state, device=device)
+
+    def step(
+        self, hidden: Tensor, conv_state: Tensor | None, ssm_state: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """One token: hidden (b, d_model) -> (y (b, d_model), new conv_state, new ssm_state). Inputs untouched."""
+        xz = self.in_proj(hidden)  # (b, 2·d_inner)
+        x, z = xz[:, : self.d_inner], xz[:, self.d_inner :]
+        if self.use_conv:
+            window = torch.cat([conv_state, x[:, :, None]], dim=-1)  # (b, d_inner, d_conv), oldest first
+            x = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+            if self.conv1d.bias is not None:
+                x = x + self.conv1d.bias
+            conv_state = window[:, :, 1:]
+        x = F.silu(x)
+        dt, B, C = self._split_xdbl(self.x_proj(x))
+        delta = F.softplus(self.dt_proj(dt))  # (b, d_inner)
+        y, ssm_state = ssm_step(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float())
+        return self.out_proj(y * F.silu(z)), conv_state, ssm_state
+
+    def macs_per_token(self) -> int:
+        """Multiply-accumulates for one token: projections, conv taps, and 3·d_inner·d_state for the scan
+        (Δ·B·u, Ā⊙h + B̄u, C·h), plus the D skip and the gate; exp/softplus/SiLU are not counted."""
+        di, n, r = self.d_inner, self.d_state, self.dt_rank
+        macs = self.d_model * 2 * di + di * (r + 2 * n) + r * di + 3 * di * n + 2 * di + di * self.d_model
+        return macs + (di * self.d_conv if self.use_conv else 0)
