@@ -57,7 +57,7 @@ def one_model(model: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
-    ap.add_argument("--models", nargs="*", default=["dt", "dema", "dmm", "dema-rnn"])
+    ap.add_argument("--models", nargs="*", default=["dt", "dema", "dmm"])
     ap.add_argument("--drift", nargs="*", default=["dema", "dmm"],
                     help="window models also evaluated recurrently (score drift)")
     ap.add_argument("--steps", type=int, default=3000)
