@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ssmc.errors import DatasetError
+from ssmc.fsutil import atomic_file
 
 # Format tag written into metadata/ of files ssmc collects; readers use it to recognise them.
 SSMC_FORMAT = "ssmc-d4rl/1"
@@ -61,11 +61,6 @@ class OfflineData:
         return int(self.observations.shape[0])
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-
-
 def write_d4rl(path: str | os.PathLike, data: OfflineData, compression: str | None = "gzip") -> Path:
     """Write ``data`` as D4RL-layout HDF5, atomically: a temporary file, then a rename.
 
@@ -75,27 +70,20 @@ def write_d4rl(path: str | os.PathLike, data: OfflineData, compression: str | No
     import h5py
 
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            kw = {"compression": compression} if compression else {}
-            f.create_dataset("observations", data=np.asarray(data.observations, np.float32), **kw)
-            f.create_dataset("actions", data=np.asarray(data.actions, np.float32), **kw)
-            f.create_dataset("rewards", data=np.asarray(data.rewards, np.float32), **kw)
-            f.create_dataset("terminals", data=np.asarray(data.terminals, bool), **kw)
-            f.create_dataset("timeouts", data=np.asarray(data.timeouts, bool), **kw)
-            if data.next_observations is not None:
-                f.create_dataset("next_observations", data=np.asarray(data.next_observations, np.float32), **kw)
-            for k, v in data.infos.items():
-                f.create_dataset(f"infos/{k}", data=np.asarray(v), **kw)
-            meta = {"ssmc_format": SSMC_FORMAT, **data.metadata}
-            for k, v in meta.items():
-                f.create_dataset(f"metadata/{k}", data=v)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        kw = {"compression": compression} if compression else {}
+        f.create_dataset("observations", data=np.asarray(data.observations, np.float32), **kw)
+        f.create_dataset("actions", data=np.asarray(data.actions, np.float32), **kw)
+        f.create_dataset("rewards", data=np.asarray(data.rewards, np.float32), **kw)
+        f.create_dataset("terminals", data=np.asarray(data.terminals, bool), **kw)
+        f.create_dataset("timeouts", data=np.asarray(data.timeouts, bool), **kw)
+        if data.next_observations is not None:
+            f.create_dataset("next_observations", data=np.asarray(data.next_observations, np.float32), **kw)
+        for k, v in data.infos.items():
+            f.create_dataset(f"infos/{k}", data=np.asarray(v), **kw)
+        meta = {"ssmc_format": SSMC_FORMAT, **data.metadata}
+        for k, v in meta.items():
+            f.create_dataset(f"metadata/{k}", data=v)
     return path
 
 

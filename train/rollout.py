@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ssmc.errors import ConfigError
-from ssmc.train.envs import EnvSpec, resolve_env
+from ssmc.train.envs import EnvSpec, make_env, resolve_env
 
 
 class TorchPolicy:
@@ -86,10 +86,8 @@ def env_dims(env) -> tuple[int, int]:
 
 def check_dims(env_id: str, dims: tuple[int, int], what: str) -> None:
     """Raise a one-line ConfigError when ``dims`` (obs, act) do not fit ``env_id``."""
-    import gymnasium as gym
-
     spec = resolve_env(env_id)
-    env = gym.make(spec.env_id)
+    env = make_env(spec)
     try:
         have = env_dims(env)
     finally:
@@ -102,13 +100,12 @@ def rollout(act_fn, reset_fn, env_id: str, episodes: int, seed: int = 0, target_
             progress: bool = True, dims: tuple[int, int] | None = None) -> RolloutResult:
     """Run ``episodes`` episodes with seeds ``seed, seed+1, ...``; the controller is given as two
     callables so the PyTorch policy and the compiled runtime are driven by the same loop."""
-    import gymnasium as gym
     from tqdm import tqdm
 
     if episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}")
     spec = resolve_env(env_id)
-    env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
+    env = make_env(spec)
     if dims is not None and tuple(dims) != env_dims(env):
         env.close()
         raise ConfigError(f"the policy takes obs/action sizes {tuple(dims)} but {spec.env_id} has {env_dims(env)}")

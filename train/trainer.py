@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssmc.errors import ConfigError
+from ssmc.fsutil import atomic_file
 from ssmc.train.dataset import OfflineData
 from ssmc.train.envs import guess_env
 from ssmc.train.models import build_model, load_checkpoint, save_checkpoint
@@ -129,13 +130,12 @@ class Trainer:
         save_checkpoint(self.model, self.out, self.extra)
         tensors, rest = _optimizer_tensors(self.opt)
         tensors["torch_rng"] = torch.get_rng_state()
-        tmp = self.out / "trainer_state.safetensors.part"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.out / "trainer_state.safetensors")
+        with atomic_file(self.out / "trainer_state.safetensors") as tmp:
+            save_file(tensors, str(tmp))
         state = {"step": self.step, "wall": self.wall, "sampler_rng": self.sampler.rng.bit_generator.state,
                  "sched": self.sched.state_dict(), **rest}
-        (self.out / "trainer_state.json.part").write_text(json.dumps(state))
-        os.replace(self.out / "trainer_state.json.part", self.out / "trainer_state.json")
+        with atomic_file(self.out / "trainer_state.json") as tmp:
+            tmp.write_text(json.dumps(state))
 
     def resume(self) -> None:
         if not (self.out / "trainer_state.json").exists():

@@ -6,7 +6,7 @@ import json
 
 import click
 
-QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert")
+from ssmc.train.collect import QUALITIES
 
 
 @click.group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -68,7 +69,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (and .json beside it).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     rows = [bench(m, args.batch, args.steps, args.warmup) for m in args.models]
+    load_after = os.getloadavg()[0]
     for r in rows:
         print(json.dumps(r))
     if args.out:
@@ -78,7 +81,8 @@ def main() -> None:
             "",
             f"Forward + backward + AdamW step, batch {args.batch}, each paper's K, hopper sizes (obs 11, act 3), "
             f"{args.threads} thread(s), torch {torch.__version__}, {cpu}; median of {args.steps} steps after "
-            f"{args.warmup} warm-up steps. Pure-PyTorch scan (no mamba-ssm on CPU).",
+            f"{args.warmup} warm-up steps. Pure-PyTorch scan (no mamba-ssm on CPU). Load average "
+            f"{load_before:.1f} before / {load_after:.1f} after (other jobs on the machine slow these numbers down).",
             "",
             "Reproduce: `python tools/bench/train_throughput.py --threads "
             f"{args.threads} --out {args.out}`",

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ssmc.errors import ConfigError
+from ssmc.fsutil import atomic_file
 from ssmc.train.models.common import ModelConfig, PolicyModel, masked_mse
 from ssmc.train.models.dema import DeMa, DeMaConfig, DeMaRNN, DeMaRNNConfig
 from ssmc.train.models.dmm import DecisionMetaMamba, DMMConfig
@@ -76,8 +77,10 @@ def save_checkpoint(model: PolicyModel, directory: str | Path, extra: Mapping[st
         raise ConfigError(f"checkpoint extra must be JSON-serialisable (no NaN/inf): {e}") from e
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt", "model": model.name})
-    (directory / CONFIG_FILE).write_text(text + "\n")
+    with atomic_file(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt", "model": model.name})
+    with atomic_file(directory / CONFIG_FILE) as tmp:
+        tmp.write_text(text + "\n")
     return directory
 
 
