@@ -85,7 +85,7 @@ def main() -> None:
             f"{load_before:.1f} before / {load_after:.1f} after (other jobs on the machine slow these numbers down).",
             "",
             "Reproduce: `python tools/bench/train_throughput.py --threads "
-            f"{args.threads} --out {args.out}`",
+            f"{args.threads} --steps {args.steps} --out {args.out}`",
             "",
             "| model | K | params | ms / step | steps / s |",
             "|---|---:|---:|---:|---:|",
