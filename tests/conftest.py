@@ -64,8 +64,8 @@ class MinariFixture:
 @pytest.fixture(scope="session")
 def minari_pendulum(tmp_path_factory: pytest.TempPathFactory) -> MinariFixture:
     """A 3-episode x 10-step Pendulum-v1 Minari dataset, recorded offline into a temporary root."""
-    minari = pytest.importorskip("minari")
     import gymnasium as gym
+    import minari  # a test dependency ([test] extra): missing, the Minari reader tests must fail, not skip
 
     root = tmp_path_factory.mktemp("minari")
     dataset_id, episodes, steps = "ssmctest/pendulum/tiny-v0", 3, 10
