@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ssmc.train.dataset import OfflineData
 
@@ -83,3 +84,13 @@ def minari_pendulum(tmp_path_factory: pytest.TempPathFactory) -> MinariFixture:
         env.create_dataset(dataset_id=dataset_id, algorithm_name="random")
         env.close()
     return MinariFixture(root, dataset_id, root / dataset_id, episodes, steps)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensor ops with two OpenMP threads on a shared 2-core machine stall at every barrier (50x
+    slower, measured); every test uses one thread and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

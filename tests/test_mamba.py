@@ -10,16 +10,6 @@ from ssmc.train.models.mamba import Mamba
 from ssmc.train.models.scan import SelectiveScanFn, selective_scan, selective_scan_ref, ssm_step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor ops with two OpenMP threads on a shared 2-core machine stall at every barrier (50x
-    slower, measured); these tests use one thread and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scan_inputs(b=2, d=6, L=37, n=5, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {

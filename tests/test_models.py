@@ -20,16 +20,6 @@ from ssmc.train.models.common import masked_mse
 OBS, ACT = 11, 3  # hopper
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor ops with two OpenMP threads on a shared 2-core machine stall at every barrier (50x
-    slower, measured); these tests use one thread and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = {  # fast variants for the broad tests; full sizes are covered by test_step_equals_forward_at_paper_size
     "dt": {"K": 5, "hidden": 32, "n_layer": 2, "n_head": 2, "max_ep_len": 50},
     "dema": {"K": 5, "embedding_dim": 16, "d_model": 16, "n_layer": 2, "d_state": 8},
