@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from ssmc.cli import data, quickstart, targets, train
+    from ssmc.cli import compile, data, quickstart, targets, train
 
-    for module in (data, train, quickstart, targets):
+    for module in (data, train, quickstart, targets, compile):
         for cmd in module.COMMANDS:
             cli.add_command(cmd)
 

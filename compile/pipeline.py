@@ -1,0 +1,315 @@
+"""Lowering through TVM Relax: the pipeline as a visible list of named stages.
+
+    import          torch.export program -> Relax (``from_exported_program``), parameters as constants
+    decompose       inference decompositions (``DecomposeOpsForInference``), canonical bindings, and
+                    common subexpressions merged: a weight used by 3 tokens per step is transposed (and
+                    stored, once folded) once, not 3 times
+    fp16-matmuls    fp16 only: every matmul with a constant weight takes fp16 inputs and an fp16 weight
+                    and produces fp32; everything else (norms, exp/softplus, the SSM state, A, Δ) stays fp32
+    int8-matmuls    int8 only: ``x @ float(W_int8)`` becomes one mixed-dtype matmul reading the int8
+                    weight directly, so no fp32 copy of the weight exists, at compile time or run time
+    legalize        high-level ops -> TIR functions (``LegalizeOps``), op patterns annotated for fusion
+    fold-constants  ``FoldConstant``: weight transposes, normalisation constants, -exp(A_log) precomputed
+    fuse            ``FuseOps`` + ``FuseTIR``: elementwise chains merged into their producers
+    gpu-schedule    CUDA only: DLight default GPU schedules (thread bindings; without them no kernels)
+    lower           dataflow lowering, static memory planning, VM builtins, shape lowering
+    build           TIR -> machine code for the target; a Relax VM executable (``relax.build``)
+
+``lower_step`` runs them in order; ``--dump-ir DIR`` writes the module after each stage as
+``DIR/NN-name.py`` (TVMScript; constants shown as metadata references) and the executable's
+statistics after ``build``. This is the pipeline of ``relax.get_default_pipeline`` (library
+dispatch, legalize, fold, fuse, dataflow lowering, finalisation) with the precision stages added;
+``tvm.compile(mod, "llvm")`` alone would skip fusion on CPU (FINDINGS.md).
+
+Why int8 survives folding: FoldConstant evaluates every expression whose inputs are all constants,
+so ``astype(W_int8, "float32")`` on a constant weight would be folded into an fp32 constant and the
+artifact would store fp32 (measured in the probe FINDINGS.md reports). ``int8-matmuls`` runs first
+and removes that cast: ``matmul(x, W_int8, out_dtype="float32")`` depends on the activation ``x``, so
+nothing folds; the per-channel scale multiplies the matmul's output and fuses into its kernel.
+``lower_step`` refuses an int8 build whose constants hold no int8.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ssmc.targets import Target
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    import tvm
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named step of the pipeline: a function IRModule -> IRModule."""
+
+    name: str
+    what: str
+    run: Callable[[Any], Any]
+
+
+def _sequential(*passes: Any) -> Callable[[Any], Any]:
+    import tvm
+
+    seq = tvm.transform.Sequential(list(passes))
+    return lambda mod: seq(mod)
+
+
+def _select_int(node: Any, importer: Any) -> Any:
+    """``aten.select.int`` with a negative index made positive.
+
+    TVM 0.27's importer lowers ``x[:, -1]`` to ``take(x, -1)`` in "fast" mode, which reads out of
+    bounds (garbage actions: measured here). Shapes are static, so the index is normalised here, and
+    the row is taken as a strided slice (no gather kernel).
+    """
+    from tvm import relax
+
+    x, dim, index = importer.env[node.args[0]], node.args[1], node.args[2]
+    if index < 0:
+        index += int(node.args[0].meta["val"].shape[dim])
+    row = importer.block_builder.emit(relax.op.strided_slice(x, [dim], [index], [index + 1]))
+    return importer.block_builder.emit(relax.op.squeeze(row, [dim]))
+
+
+def _clamp(node: Any, importer: Any) -> Any:
+    """``aten.clamp`` on an integer tensor with one bound missing, without the infinite bound.
+
+    TVM 0.27's importer turns a missing bound into ±inf and ``clip`` then fails to cast it to int64
+    ("Cannot convert infinity to BigInt"; DT's ``t.clamp(max=...)``). Float clamps go to TVM's own.
+    """
+    from tvm import relax
+
+    val = node.args[0].meta.get("val")
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    scalar = all(b is None or isinstance(b, int | float) for b in (lo, hi))
+    if val is None or val.dtype.is_floating_point or not scalar:
+        return importer._clamp(node)
+    dtype = str(val.dtype).removeprefix("torch.")
+    out = importer.env[node.args[0]]
+    if lo is not None:
+        out = importer.block_builder.emit(relax.op.maximum(out, relax.const(int(lo), dtype)))
+    if hi is not None:
+        out = importer.block_builder.emit(relax.op.minimum(out, relax.const(int(hi), dtype)))
+    return out
+
+
+#: Importer overrides for TVM 0.27 frontend bugs met by the zoo's step functions.
+_CONVERT_FIXES = {"select.int": _select_int, "clamp.default": _clamp}
+
+
+def import_program(program: torch.export.ExportedProgram) -> Any:
+    """The Relax module of ``program``, parameters and buffers embedded as constants."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch pytree FutureWarnings raised inside the frontend
+        return from_exported_program(program, keep_params_as_input=False, custom_convert_map=_CONVERT_FIXES)
+
+
+def _fp16_weight_matmuls(mod: Any) -> Any:
+    """Every ``matmul(x, W)`` with a constant fp32 weight becomes ``matmul(fp16(x), fp16(W))`` with an
+    fp32 result; nothing else changes dtype.
+
+    ``relax.transform.ToMixedPrecision`` was tried first: it also moves the ops that follow a matmul
+    to fp16 (bias adds, SiLU, softplus, B and C, even ``exp(A_log)``), against the rule that the SSM
+    parameters, Δ and state stay fp32, and its error on the recurrent SSM state was about 100x larger
+    (6e-2 against 6e-4 on a small DeMa-RNN). The weight reaches the matmul as imported from nn.Linear:
+    ``permute_dims(W)``, and on a 3-D input also ``broadcast_to(permute_dims(W), (1, in, out))``;
+    FoldConstant later folds those on the fp16 constant.
+    """
+    import numpy as np
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    x, const = wildcard(), is_const()
+    transposed = const | is_op("relax.permute_dims")(const)
+    weight = transposed | is_op("relax.broadcast_to")(transposed, wildcard())
+    pattern = is_op("relax.matmul")(x, weight)
+
+    bound: dict[Any, Any] = {}  # var -> its value, in the function being rewritten
+
+    def to_fp16(expr: Any) -> Any:  # the matched weight chain, rebuilt on an fp16 copy of the constant
+        expr = bound.get(expr, expr)
+        if not isinstance(expr, relax.Call):
+            return relax.const(expr.value.numpy().astype(np.float16))
+        if expr.op.name == "relax.permute_dims":
+            return relax.op.permute_dims(to_fp16(expr.args[0]), expr.attrs.axes)
+        return relax.op.broadcast_to(to_fp16(expr.args[0]), expr.args[1])
+
+    def rewrite(call: Any, matches: Any) -> Any:
+        if matches[const].value.numpy().dtype != np.float32:
+            return call
+        return relax.op.matmul(relax.op.astype(matches[x], "float16"), to_fp16(matches[weight]),
+                               out_dtype="float32")
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            bound.clear()
+            bound.update(relax.analysis.get_var2val(func))
+            mod[gv] = rewrite_call(pattern, rewrite, func)
+    return mod
+
+
+def _int8_weight_matmuls(mod: Any) -> Any:
+    """``matmul(x, astype(W, "float32"))`` with a constant int8 ``W`` -> ``matmul(x, W, out_dtype="float32")``.
+
+    TVM's matmul casts each operand to the output dtype inside its reduction, so the int8 weight is
+    read as stored; without this rewrite FoldConstant would turn the cast weight into fp32.
+    """
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    x, weight = wildcard(), is_const()
+    pattern = is_op("relax.matmul")(x, is_op("relax.astype")(weight))
+
+    def rewrite(call: Any, matches: Any) -> Any:
+        if str(matches[weight].value.dtype) != "int8" or str(call.attrs.out_dtype) not in ("", "void", "float32"):
+            return call
+        return relax.op.matmul(matches[x], matches[weight], out_dtype="float32")
+
+    return _rewrite_all(mod, pattern, rewrite)
+
+
+def _rewrite_all(mod: Any, pattern: Any, rewrite: Callable[[Any, Any], Any]) -> Any:
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(pattern, rewrite, func)
+    return mod
+
+
+def _gpu_schedule() -> Callable[[Any], Any]:
+    """DLight's default GPU rules (those of ``relax.backend.cuda``'s pipeline), each allowed to decline.
+
+    TVM 0.27's ``dlight.gpu.GEMV`` fails inside its own assertion ``sch.get(ts_o).extent.value == 1``
+    on some of DeMa's window kernels (an AssertionError, or an AttributeError when the extent is
+    symbolic) instead of declining; a rule that raises is treated as not applicable, so the next rule
+    (ultimately ``Fallback``) schedules that kernel.
+    """
+    from tvm.s_tir import dlight as dl
+
+    class Declining(dl.ScheduleRule):
+        def __init__(self, rule: Any) -> None:
+            self.rule = rule
+
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:  # a heuristic that crashes on a kernel it does not handle: let the next try
+                return None
+
+    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction()]
+    return _sequential(dl.ApplyDefaultSchedule(*(Declining(r) for r in rules), dl.gpu.Fallback()))
+
+
+def stages(target: Target, precision: str) -> list[Stage]:
+    """The named stages between ``import`` and ``build`` for ``target`` at ``precision``."""
+    from tvm import relax
+    from tvm.relax import transform as T
+
+    out = [Stage("decompose", "inference decompositions, canonical bindings, common subexpressions merged",
+                 _sequential(T.DecomposeOpsForInference(), T.CanonicalizeBindings(), T.EliminateCommonSubexpr()))]
+    if precision == "fp16":
+        out.append(Stage("fp16-matmuls", "fp16 weights and matmul inputs, fp32 results; the rest stays fp32",
+                         _fp16_weight_matmuls))
+    if precision == "int8":
+        out.append(Stage("int8-matmuls", "matmuls read the int8 weights directly (nothing left to fold to fp32)",
+                         _int8_weight_matmuls))
+    out += [
+        Stage("legalize", "ops -> TIR functions, fusion patterns annotated",
+              _sequential(*relax.backend.cpu_generic.pipeline.library_dispatch_passes(None),
+                          T.LegalizeOps(), T.AnnotateTIROpPattern())),
+        Stage("fold-constants", "constant subexpressions evaluated at compile time", _sequential(T.FoldConstant())),
+        Stage("fuse", "operator fusion", _sequential(T.FuseOps(), T.FuseTIR())),
+    ]
+    if target.device == "cuda":
+        out.append(Stage("gpu-schedule", "DLight default GPU schedules", _gpu_schedule()))
+    backend = relax.backend.cuda.pipeline if target.device == "cuda" else relax.backend.cpu_generic.pipeline
+    out.append(Stage("lower", "dataflow lowering, memory planning, VM lowering",
+                     _sequential(*backend.dataflow_lower_passes(None), *backend.finalize_passes(None))))
+    return out
+
+
+def stage_names(target: Target, precision: str) -> list[str]:
+    """Names of every stage run for ``target`` at ``precision``, ``import`` to ``build``."""
+    return ["import", *(s.name for s in stages(target, precision)), "build"]
+
+
+def constant_bytes(mod: Any) -> dict[str, int]:
+    """Bytes of the tensor constants ``main`` embeds (what the library stores), by dtype."""
+    from tvm import relax
+
+    seen: dict[int, tuple[str, int]] = {}
+
+    def visit(expr: Any) -> None:
+        if type(expr).__name__ in ("GenericConst", "Constant") and hasattr(expr, "value"):
+            value = expr.value
+            if hasattr(value, "numpy"):
+                arr = value.numpy()
+                seen[expr.value.__hash__()] = (str(arr.dtype), arr.nbytes)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    out: dict[str, int] = {}
+    for dtype, nbytes in seen.values():
+        out[dtype] = out.get(dtype, 0) + nbytes
+    return dict(sorted(out.items()))
+
+
+def _dump(dump_dir: Path | None, index: int, name: str, mod: Any) -> None:
+    if dump_dir is not None:
+        (dump_dir / f"{index:02d}-{name}.py").write_text(mod.script(), encoding="utf-8")
+
+
+def lower_step(program: torch.export.ExportedProgram, target: Target, precision: str,
+               dump_ir: str | os.PathLike[str] | None = None, progress: Progress | None = None
+               ) -> tuple[tvm.relax.VMExecutable, dict[str, Any]]:
+    """Run every stage on ``program`` for ``target`` at ``precision``.
+
+    Returns the VM executable and a report: ``stage_seconds`` (name -> seconds) and
+    ``constant_bytes`` (dtype -> bytes of the constants the library embeds).
+
+    The caller sets up the environment device builds need (``ssmc.compile.cuda.cuda_build_env``).
+    """
+    from tvm import relax
+
+    say = progress or (lambda _msg: None)
+    dump_dir = Path(dump_ir) if dump_ir is not None else None
+    if dump_dir is not None:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+    tvm_target = target.tvm_target()
+
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, what: str, run: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = run()
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        say(f"stage {name}: {what} ({seconds[name]:.1f} s)")
+        return result
+
+    mod = timed("import", "torch.export program -> Relax", lambda: import_program(program))
+    _dump(dump_dir, 0, "import", mod)
+    with tvm_target:
+        for i, stage in enumerate(stages(target, precision), start=1):
+            mod = timed(stage.name, stage.what, lambda stage=stage, mod=mod: stage.run(mod))
+            _dump(dump_dir, i, stage.name, mod)
+        constants = constant_bytes(mod)
+        if precision == "int8" and not constants.get("int8"):
+            raise RuntimeError("int8 build holds no int8 constants: the weights were folded to fp32")
+        executable = timed("build", f"code generation for {target.name}",
+                           lambda: relax.build(mod, tvm_target, relax_pipeline=None))
+    if dump_dir is not None:
+        (dump_dir / f"{i + 1:02d}-build.txt").write_text(executable.stats(), encoding="utf-8")
+    return executable, {"stage_seconds": seconds, "constant_bytes": constants}

@@ -1,0 +1,59 @@
+"""``ssmc compile``: lower a checkpoint's step through TVM into an artifact for one target and precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def resolve_checkpoint(model: str, workspace: str = "runs") -> Path:
+    """A checkpoint directory as given, or the newest checkpoint of model kind ``model`` under ``workspace``."""
+    from ssmc.errors import ConfigError
+    from ssmc.train.models import MODELS
+
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if model not in MODELS:
+        raise ConfigError(f"--model {model}: neither a checkpoint directory nor a model name ({', '.join(MODELS)})")
+    from ssmc.train.trainer import newest_checkpoint
+
+    found = newest_checkpoint(model, workspace)
+    click.echo(f"--model {model}: using the newest {model} checkpoint, {found}", err=True)
+    return found
+
+
+@click.command("compile")
+@click.option("--model", "model", required=True, metavar="CHECKPOINT|NAME",
+              help="Checkpoint directory, or a model name (dt, dema, dema-rnn, dmm): the newest checkpoint "
+                   "of that kind under --workspace.")
+@click.option("--target", required=True, help="Target name (see `ssmc targets`) or a descriptor .json.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: weights and weight matmuls; int8: weight-only, per output channel. SSM state stays fp32.")
+@click.option("--mode", type=click.Choice(["window", "recurrent"]), default=None,
+              help="Override the model's inference semantics (default: the model's own).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Artifact directory [default: artifacts/<model>-<target>-<precision>.ssmc].")
+@click.option("--dump-ir", type=click.Path(file_okay=False), default=None,
+              help="Write the IRModule after each pipeline stage into this directory (NN-stage.py).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at --out.")
+@click.option("--workspace", default="runs", show_default=True, help="Where --model NAME is looked up.")
+def compile_cmd(model: str, target: str, precision: str, mode: str | None, out: str | None, dump_ir: str | None,
+                force: bool, workspace: str) -> None:
+    """Compile a trained policy's per-step function for TARGET into an artifact.
+
+    \b
+    The artifact (docs/artifact.md) holds the library, manifest.json and PyTorch reference steps;
+    it takes raw observations and the raw return-to-go (normalisation is compiled in).
+    Progress goes to stderr; the artifact path is printed on stdout.
+    """
+    from ssmc.compile import compile_checkpoint
+
+    checkpoint = resolve_checkpoint(model, workspace)
+    path = compile_checkpoint(checkpoint, target, precision, mode, out, dump_ir, overwrite=force,
+                              progress=lambda msg: click.echo(msg, err=True))
+    click.echo(str(path))
+
+
+COMMANDS = [compile_cmd]

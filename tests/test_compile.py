@@ -1,0 +1,307 @@
+"""ssmc compile: the compiled step equals the PyTorch step (fp32 to 1e-5, fp16 and int8 within measured
+bounds) over 200 steps carrying state; artifacts load; int8 really stores int8; cross and CUDA builds hold
+code for their targets; bad input fails in one line.
+
+Small configurations (one layer, tiny widths) keep each compile to a few seconds on a loaded 2-core
+machine; every (model, precision) artifact is compiled once per session and shared by the tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytest.importorskip("tvm")
+
+from ssmc.artifact import load_manifest, read_reference  # noqa: E402
+from ssmc.compile import compile_checkpoint, default_artifact_path  # noqa: E402
+from ssmc.compile.build import load_vm, max_rel_error, run_vm  # noqa: E402
+from ssmc.compile.cuda import cuda_archs  # noqa: E402
+from ssmc.compile.export import StepFunction, export_step  # noqa: E402
+from ssmc.compile.measure import STEPS, compare_with_pytorch  # noqa: E402
+from ssmc.compile.pipeline import stage_names  # noqa: E402
+from ssmc.compile.quantize import int8_layers, quantize_int8  # noqa: E402
+from ssmc.errors import ConfigError  # noqa: E402
+from ssmc.targets import load_target  # noqa: E402
+from ssmc.train.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+
+OBS, ACT = 5, 2
+SMALL = {
+    "dt": {"K": 4, "hidden": 32, "n_layer": 1, "max_ep_len": 50, "dropout": 0.0},
+    "dema": {"K": 4, "embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 8},
+    "dema-rnn": {"embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 8},
+    "dmm": {"K": 4, "hidden": 16, "n_layer": 1, "window": 3, "d_state": 8, "dropout": 0.0},
+}
+EXTRA = {  # what the trainer writes, with non-trivial statistics so normalisation in the graph is exercised
+    "obs_mean": [0.5, -1.0, 2.0, 0.0, 3.0],
+    "obs_std": [1.5, 0.5, 2.0, 1.0, 4.0],
+    "rtg_scale": 1e-3,
+    "target_return": 3000.0,
+    "env_id": "Hopper-v5",
+}
+# Bounds on the max relative error (max|compiled - torch| / max|torch| per tensor, worst over 200 steps) of
+# the compiled step against the fp32 PyTorch step. fp32 is the issue's bound. fp16 and int8 were measured on
+# these models (worst: fp16 9.3e-3 on dema-rnn, int8 4.0e-2 on dmm; docs/compile.md) and bounded with 2-2.5x
+# headroom: fp16 rounds matmul inputs and weights to 11 significant bits (2^-11 = 4.9e-4 relative each),
+# growing through the layers and the carried state; int8 rounds each weight to a step of 1/127 of its row's
+# largest entry (up to 3.9e-3 of it), ~8x coarser. The int8 build must equal the dequantised PyTorch model
+# to the fp32 bound: all of the int8 error is quantisation, none is the compiler's.
+BOUNDS = {"fp32": 1e-5, "fp16": 2e-2, "int8": 1e-1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny ops with two OpenMP threads on a shared 2-core machine stall (test_models.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small checkpoint per model kind under <tmp>/runs/<kind>."""
+    root = tmp_path_factory.mktemp("ws")
+    out = {}
+    for i, (name, cfg) in enumerate(SMALL.items()):
+        torch.manual_seed(i)
+        out[name] = save_checkpoint(build_model(name, OBS, ACT, **cfg), root / "runs" / name, EXTRA)
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifacts(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """compile_checkpoint(kind, "host", precision) -> artifact path, compiled on first use."""
+    root = tmp_path_factory.mktemp("artifacts")
+    cache: dict[tuple[str, str, str | None], Path] = {}
+
+    def get(kind: str, precision: str = "fp32", mode: str | None = None) -> Path:
+        key = (kind, precision, mode)
+        if key not in cache:
+            out = root / f"{kind}-{precision}-{mode}.ssmc"
+            cache[key] = compile_checkpoint(checkpoints[kind], "host", precision, mode, out)
+        return cache[key]
+
+    return get
+
+
+def _torch_step(checkpoint: Path, mode: str | None = None, quantized: bool = False) -> StepFunction:
+    model, extra = load_checkpoint(checkpoint)
+    if mode is not None:
+        model = model.with_semantics(mode)
+    if quantized:
+        model = quantize_int8(model)
+    return StepFunction(model.eval(), extra["obs_mean"], extra["obs_std"], extra["rtg_scale"]).eval()
+
+
+# -- the compiled step equals PyTorch --------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_compiled_step_matches_pytorch_over_200_steps(kind, precision, checkpoints, artifacts) -> None:
+    artifact = artifacts(kind, precision)
+    refs = [_torch_step(checkpoints[kind])]
+    if precision == "int8":  # the quantised model in PyTorch: the compiler itself must add no error
+        refs.append(_torch_step(checkpoints[kind], quantized=True))
+    errors = compare_with_pytorch(artifact, refs)
+    print(f"{kind} {precision}: max relative error vs PyTorch fp32 over {STEPS} steps = {errors[0]:.2e}"
+          + (f", vs PyTorch int8-dequantised = {errors[1]:.2e}" if len(errors) > 1 else ""))
+    assert errors[0] <= BOUNDS[precision], f"{kind} {precision}: {errors[0]:.3g} > {BOUNDS[precision]}"
+    if precision == "int8":
+        assert errors[1] <= BOUNDS["fp32"]
+    if precision != "fp32":
+        assert errors[0] > 0  # the precision really changed something
+
+
+@pytest.mark.parametrize("kind,mode", [("dema", "recurrent"), ("dmm", "recurrent")])
+def test_mode_overrides_the_models_semantics(kind, mode, checkpoints, artifacts) -> None:
+    artifact = artifacts(kind, "fp32", mode)
+    m = load_manifest(artifact)
+    assert m.semantics == mode and m.extra["semantics_override"] == f"window -> {mode}"
+    [err] = compare_with_pytorch(artifact, [_torch_step(checkpoints[kind], mode)])
+    assert err <= BOUNDS["fp32"]
+
+
+def test_max_rel_error_never_lets_nan_pass() -> None:
+    want = [np.ones((1, 2), np.float32)]
+    assert max_rel_error([np.array([[1.0, np.nan]], np.float32)], want) == float("inf")
+    assert max_rel_error([np.array([[1.0, np.inf]], np.float32)], want) == float("inf")
+    assert max_rel_error([np.array([[1.0, 1.5]], np.float32)], want) == pytest.approx(0.5)
+
+
+# -- the artifact --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(SMALL))
+def test_artifact_manifest_describes_the_step(kind, checkpoints, artifacts) -> None:
+    artifact = artifacts(kind)
+    m = load_manifest(artifact)
+    model, _ = load_checkpoint(checkpoints[kind])
+    assert m.model_kind == kind and m.semantics == model.semantics and m.precision == "fp32"
+    assert [s.name for s in m.inputs] == ["obs_raw", "rtg_raw"] and [s.name for s in m.outputs] == ["action"]
+    assert [s.name for s in m.state] == list(model.init_state(1))  # manifest order = model order
+    assert m.state_bytes == model.state_bytes()
+    assert m.param_count == model.num_params() and m.macs_per_step == model.macs_per_step()
+    assert m.obs_mean == tuple(EXTRA["obs_mean"]) and m.obs_std == tuple(EXTRA["obs_std"])
+    assert m.rtg_scale == 1000.0 and m.target_return == EXTRA["target_return"]  # rtg_raw / rtg_scale
+    assert m.extra["normalisation_in_graph"] is True
+    assert m.library == "lib.so" and m.params is None and m.target["name"] == "host"
+    assert m.extra["reference_max_rel_error"] <= BOUNDS["fp32"]
+    assert m.extra["pipeline"] == stage_names(load_target("host"), "fp32")
+
+
+def test_reference_pairs_are_pytorch_steps_the_library_reproduces(artifacts) -> None:
+    artifact = artifacts("dema-rnn")
+    m = load_manifest(artifact)
+    steps = read_reference(artifact / "reference.safetensors", m)
+    assert len(steps) == 8
+    vm = load_vm(artifact / m.library)
+    for step in steps:
+        got = run_vm(vm, [step.inputs[s.name] for s in m.inputs] + [step.state_in[s.name] for s in m.state])
+        want = [step.outputs["action"]] + [step.state_out[s.name] for s in m.state]
+        assert max_rel_error(got, want) <= BOUNDS["fp32"]
+    for a, b in zip(steps[:-1], steps[1:], strict=True):  # state carried from one step to the next
+        assert all(np.array_equal(a.state_out[s.name], b.state_in[s.name]) for s in m.state)
+
+
+def test_dump_ir_writes_one_numbered_file_per_stage(checkpoints, tmp_path) -> None:
+    out = compile_checkpoint(checkpoints["dema-rnn"], "host", "int8", out=tmp_path / "a.ssmc",
+                             dump_ir=tmp_path / "ir")
+    names = stage_names(load_target("host"), "int8")
+    files = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert [f.split("-", 1)[1].rsplit(".", 1)[0] for f in files] == names
+    assert [int(f[:2]) for f in files] == list(range(len(names)))
+    assert 'out_dtype="float32"' in (tmp_path / "ir" / files[names.index("int8-matmuls")]).read_text()
+    assert load_manifest(out).precision == "int8"
+
+
+# -- precision: what the library stores -----------------------------------------------------------
+
+def test_int8_artifact_stores_int8_weights(checkpoints, artifacts) -> None:
+    fp32, int8 = load_manifest(artifacts("dema-rnn")), load_manifest(artifacts("dema-rnn", "int8"))
+    model, extra = load_checkpoint(checkpoints["dema-rnn"])
+    layers = int8_layers(quantize_int8(model))
+    weight_elems = sum(layer.weight_int8.numel() for layer in layers)
+    fp32_bytes, int8_bytes = fp32.extra["constant_bytes"], int8.extra["constant_bytes"]
+    assert int8_bytes["int8"] == weight_elems  # every quantised weight stored as int8, once
+    # those weights left the fp32 constants (their per-channel scales came in): 1/4 of the bytes remain
+    saved = fp32_bytes["float32"] - int8_bytes["float32"]
+    scales = sum(layer.scale.numel() for layer in layers) * 4
+    assert saved == 4 * weight_elems - scales
+    assert int8_bytes["int8"] / (4 * weight_elems) == 0.25
+    # the bytes are in the library verbatim: the int8 matrix, not an fp32 dequantised copy
+    lib = (artifacts("dema-rnn", "int8") / "lib.so").read_bytes()
+    biggest = max(layers, key=lambda layer: layer.weight_int8.numel())
+    assert biggest.weight_int8.detach().numpy().tobytes() in lib
+    assert biggest.dequantized().detach().numpy().tobytes() not in lib
+
+
+def test_fp16_artifact_stores_fp16_weight_matrices(artifacts) -> None:
+    fp32, fp16 = load_manifest(artifacts("dema-rnn")), load_manifest(artifacts("dema-rnn", "fp16"))
+    half = fp16.extra["constant_bytes"]["float16"]
+    assert half > 0
+    assert fp32.extra["constant_bytes"]["float32"] - fp16.extra["constant_bytes"]["float32"] == 2 * half
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return struct.unpack_from("<H", head, 18)[0]
+
+
+EM_AARCH64 = 183
+
+
+@pytest.mark.parametrize("target", [
+    "rpi5",
+    pytest.param("aarch64", marks=pytest.mark.slow),
+    pytest.param("jetson-orin-cpu", marks=pytest.mark.slow),
+])
+def test_cross_build_is_an_aarch64_library(target, checkpoints, tmp_path) -> None:
+    t = load_target(target)
+    if shutil.which(t.cross_compiler) is None:
+        pytest.skip(f"{t.cross_compiler} not installed")
+    out = compile_checkpoint(checkpoints["dmm"], target, "int8", out=tmp_path / "a.ssmc")
+    assert _elf_machine(out / "lib.so") == EM_AARCH64
+    m = load_manifest(out)
+    assert m.target["name"] == target and "reference_max_rel_error" not in m.extra  # not runnable here
+
+
+def test_jetson_orin_build_contains_sm87_device_code(checkpoints, tmp_path) -> None:
+    if shutil.which("nvcc") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("nvcc or the aarch64 cross compiler is not installed")
+    out = compile_checkpoint(checkpoints["dema-rnn"], "jetson-orin", "fp16", out=tmp_path / "a.ssmc")
+    lib = out / "lib.so"
+    assert _elf_machine(lib) == EM_AARCH64  # the host side
+    assert cuda_archs(lib.read_bytes()) == ["sm_87"]  # the device side: real sm_87 machine code
+    assert load_manifest(out).extra["cuda_device_code"] == ["sm_87"]
+
+
+def test_cuda_archs_reads_both_cubin_abis() -> None:
+    def cubin(abi: int, flags: int) -> bytes:
+        h = bytearray(64)
+        h[:4], h[4], h[5], h[7], h[8] = b"\x7fELF", 2, 1, 0x41, abi
+        struct.pack_into("<H", h, 18, 190)
+        struct.pack_into("<I", h, 48, flags)
+        return bytes(h)
+
+    assert cuda_archs(b"junk" + cubin(8, 0x06005704) + b"x" * 10 + cubin(7, 0x00570057)) == ["sm_87"]
+    assert cuda_archs(b"\x7fELF" + b"\0" * 100) == []
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def _cli():
+    from ssmc.cli import cli
+    from ssmc.cli.compile import compile_cmd
+
+    if "compile" not in cli.commands:
+        cli.add_command(compile_cmd)
+    return cli
+
+
+def test_bad_input_fails_in_one_line(checkpoints, tmp_path) -> None:
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(checkpoints["dmm"], incomplete)
+    (incomplete / "model.safetensors").unlink()
+    cases = [
+        (["--model", str(checkpoints["dmm"]), "--target", "nosuch"], "unknown target 'nosuch'"),
+        (["--model", str(incomplete), "--target", "host"], "model.safetensors is missing"),
+        (["--model", str(checkpoints["dmm"]), "--target", "aarch64", "--precision", "fp16"],
+         "cannot run fp16"),
+        (["--model", str(tmp_path / "nothing"), "--target", "host"], "neither a checkpoint directory"),
+        (["--model", "dmm", "--target", "host", "--workspace", str(tmp_path / "empty")], "no 'dmm' checkpoint"),
+    ]
+    for args, expected in cases:
+        result = CliRunner().invoke(_cli(), ["compile", *args])
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+    with pytest.raises(ConfigError, match="cannot run fp16"):
+        compile_checkpoint(checkpoints["dmm"], "aarch64", "fp16", out=tmp_path / "x.ssmc")
+    with pytest.raises(ConfigError, match="normalise"):
+        bare = build_model("dmm", OBS, ACT, **SMALL["dmm"])
+        export_step(bare, {"obs_mean": [0.0] * OBS})
+
+
+def test_cli_resolves_a_model_name_and_writes_the_default_path(checkpoints, monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    runs = checkpoints["dema-rnn"].parent
+    result = CliRunner().invoke(_cli(), ["compile", "--model", "dema-rnn", "--target", "host", "--precision",
+                                         "fp16", "--workspace", str(runs)])
+    assert result.exit_code == 0, result.output
+    expected = default_artifact_path("dema-rnn", "host", "fp16")
+    assert result.stdout.strip() == str(expected) and expected.is_dir()
+    assert f"using the newest dema-rnn checkpoint, {checkpoints['dema-rnn']}" in result.stderr
+    assert "warning: fp16 is emulated on target 'host'" in result.stderr
+    again = CliRunner().invoke(_cli(), ["compile", "--model", "dema-rnn", "--target", "host", "--precision",
+                                        "fp16", "--workspace", str(runs)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
