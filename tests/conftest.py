@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,3 +96,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def require_tools(*names: str) -> None:
+    """Skip the calling test when a command-line tool it needs is missing, with the reason; under CI
+    (``CI`` set), where .ci/run installs every tool, a missing one is a failure instead."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        msg = f"{', '.join(missing)} not installed: run .ci/install-toolchains.sh"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)

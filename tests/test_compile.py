@@ -16,20 +16,19 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import require_tools
 
-pytest.importorskip("tvm")
-
-from ssmc.artifact import load_manifest, read_reference  # noqa: E402
-from ssmc.compile import compile_checkpoint, default_artifact_path  # noqa: E402
-from ssmc.compile.build import load_vm, max_rel_error, run_vm  # noqa: E402
-from ssmc.compile.cuda import cuda_archs  # noqa: E402
-from ssmc.compile.export import StepFunction, export_step  # noqa: E402
-from ssmc.compile.measure import STEPS, compare_with_pytorch  # noqa: E402
-from ssmc.compile.pipeline import stage_names  # noqa: E402
-from ssmc.compile.quantize import int8_layers, quantize_int8  # noqa: E402
-from ssmc.errors import ConfigError  # noqa: E402
-from ssmc.targets import load_target  # noqa: E402
-from ssmc.train.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from ssmc.artifact import load_manifest, read_reference
+from ssmc.compile import compile_checkpoint, default_artifact_path
+from ssmc.compile.build import load_vm, max_rel_error, run_vm
+from ssmc.compile.cuda import cuda_archs
+from ssmc.compile.export import StepFunction, export_step
+from ssmc.compile.measure import STEPS, compare_with_pytorch
+from ssmc.compile.pipeline import stage_names
+from ssmc.compile.quantize import int8_layers, quantize_int8
+from ssmc.errors import ConfigError
+from ssmc.targets import load_target
+from ssmc.train.models import build_model, load_checkpoint, save_checkpoint
 
 OBS, ACT = 5, 2
 SMALL = {
@@ -226,8 +225,7 @@ EM_AARCH64 = 183
 ])
 def test_cross_build_is_an_aarch64_library(target, checkpoints, tmp_path) -> None:
     t = load_target(target)
-    if shutil.which(t.cross_compiler) is None:
-        pytest.skip(f"{t.cross_compiler} not installed")
+    require_tools(t.cross_compiler)
     out = compile_checkpoint(checkpoints["dmm"], target, "int8", out=tmp_path / "a.ssmc")
     assert _elf_machine(out / "lib.so") == EM_AARCH64
     m = load_manifest(out)
@@ -235,8 +233,7 @@ def test_cross_build_is_an_aarch64_library(target, checkpoints, tmp_path) -> Non
 
 
 def test_jetson_orin_build_contains_sm87_device_code(checkpoints, tmp_path) -> None:
-    if shutil.which("nvcc") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
-        pytest.skip("nvcc or the aarch64 cross compiler is not installed")
+    require_tools("nvcc", "aarch64-linux-gnu-gcc")
     out = compile_checkpoint(checkpoints["dema-rnn"], "jetson-orin", "fp16", out=tmp_path / "a.ssmc")
     lib = out / "lib.so"
     assert _elf_machine(lib) == EM_AARCH64  # the host side

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import require_tools
 
 from ssmc.errors import ConfigError
 from ssmc.targets import (
@@ -192,11 +191,7 @@ def test_host_descriptor_builds_and_runs(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["aarch64", "rpi5", "jetson-orin-cpu"])
 def test_aarch64_descriptor_cross_builds(name: str, tmp_path) -> None:
     t = load_target(name)
-    if shutil.which(t.cross_compiler) is None:
-        msg = f"{t.cross_compiler} not installed: run .ci/install-toolchains.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_tools(t.cross_compiler)
     lib = tmp_path / f"{name}.so"
     _build(t, lib)
     head = lib.read_bytes()[:20]
