@@ -12,7 +12,6 @@ the runtime passes raw observations and the raw return-to-go it tracks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ssmc.artifact import ReferenceStep, reference_bytes, write_artifact
+from ssmc.artifact import ReferenceStep, reference_bytes, sha256_file, write_artifact
 from ssmc.errors import ConfigError
 from ssmc.targets import Target, check_precision, load_target, missing_cpu_features
 
@@ -138,10 +137,6 @@ def reference_error(library: Path, steps: list[ReferenceStep], exported: Any) ->
     return worst
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def compile_checkpoint(
     checkpoint: str | os.PathLike[str],
     target: str | Target,
@@ -209,7 +204,7 @@ def compile_checkpoint(
             "precision_support": level,
             "constant_bytes": report["constant_bytes"],
             "library_stripped": stripped,
-            "checkpoint": {"path": str(ckpt), "model_sha256": _sha256(ckpt / WEIGHTS_FILE),
+            "checkpoint": {"path": str(ckpt), "model_sha256": sha256_file(ckpt / WEIGHTS_FILE),
                            "env_id": extra.get("env_id")},
         }
         if mode is not None and mode != model.semantics:

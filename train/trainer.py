@@ -10,7 +10,6 @@ torch RNG) and ``trainer_state.json`` (step, sampler RNG, schedule); no pickle a
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ssmc.artifact import sha256_file
 from ssmc.errors import ConfigError
 from ssmc.fsutil import atomic_file
 from ssmc.train.dataset import OfflineData
@@ -50,16 +50,6 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.rtg_scale <= 0:
             raise ConfigError("learning rate and rtg scale must be positive")
-
-
-def _file_sha256(path: str | None) -> str | None:
-    if not path or not os.path.isfile(path):
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -110,7 +100,7 @@ class Trainer:
             "target_return": float(returns.max()),
             "env_id": env.env_id if env else data.env_id,
             "dataset": {"path": os.path.abspath(dataset_path) if dataset_path else None,
-                        "sha256": _file_sha256(dataset_path), "transitions": len(data),
+                        "sha256": sha256_file(dataset_path) if dataset_path and os.path.isfile(dataset_path) else None, "transitions": len(data),
                         "quality": data.metadata.get("quality"), "source": data.source},
             "train": asdict(cfg),
         }
