@@ -25,6 +25,7 @@ SMALL = {  # fast variants for the broad tests; full sizes are covered by test_s
     "dema": {"K": 5, "embedding_dim": 16, "d_model": 16, "n_layer": 2, "d_state": 8},
     "dema-rnn": {"K": 12, "embedding_dim": 16, "d_model": 16, "n_layer": 2, "d_state": 8},
     "dmm": {"K": 5, "hidden": 16, "n_layer": 2, "window": 4, "d_state": 4},
+    "mambadm": {"K": 5, "hidden": 16, "n_layer": 2, "d_state": 4},
 }
 
 

@@ -27,20 +27,22 @@ from ssmc.train.models.dema import DeMa, DeMaConfig, DeMaRNN, DeMaRNNConfig
 from ssmc.train.models.dmm import DecisionMetaMamba, DMMConfig
 from ssmc.train.models.dt import DecisionTransformer, DTConfig
 from ssmc.train.models.mamba import Mamba
+from ssmc.train.models.mambadm import MambaDM, MambaDMConfig
 
 MODELS: dict[str, type[PolicyModel]] = {
     "dt": DecisionTransformer,
     "dema": DeMa,
     "dema-rnn": DeMaRNN,
     "dmm": DecisionMetaMamba,
+    "mambadm": MambaDM,
 }
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "ssmc-checkpoint", 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 __all__ = [
     "MODELS", "DMMConfig", "DTConfig", "DeMa", "DeMaConfig", "DeMaRNN", "DeMaRNNConfig", "DecisionMetaMamba",
-    "DecisionTransformer", "Mamba", "ModelConfig", "PolicyModel", "build_model", "load_checkpoint",
-    "masked_mse", "model_class", "model_from_config", "save_checkpoint",
+    "DecisionTransformer", "Mamba", "MambaDM", "MambaDMConfig", "ModelConfig", "PolicyModel", "build_model",
+    "load_checkpoint", "masked_mse", "model_class", "model_from_config", "save_checkpoint",
 ]
 
 
