@@ -4,6 +4,9 @@
 then ``act(observation, last_reward) -> action``. It normalises observations, keeps the
 return-to-go (target minus rewards received so far, times the rtg scale) and carries the
 model's state; the compiled runtime implements the same contract in C.
+
+torch is imported only by ``TorchPolicy``: ``rollout`` drives any controller, and ``ssmc run`` uses it
+with the C runtime in a process that never imports torch.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ssmc.errors import ConfigError
 from ssmc.train.envs import EnvSpec, make_env, resolve_env
 
 
 class TorchPolicy:
-    def __init__(self, model: torch.nn.Module, extra: dict[str, Any], semantics: str | None = None):
+    def __init__(self, model: Any, extra: dict[str, Any], semantics: str | None = None):
+        import torch
+
         self.model = model.eval()
         self.obs_mean = torch.tensor(extra["obs_mean"], dtype=torch.float32)
         self.obs_std = torch.tensor(extra["obs_std"], dtype=torch.float32)
@@ -28,7 +32,7 @@ class TorchPolicy:
         self.default_target = float(extra["target_return"])
         if semantics is not None and semantics != model.semantics:
             self.model = model.with_semantics(semantics)
-        self.state: dict[str, torch.Tensor] = {}
+        self.state: dict[str, Any] = {}
         self.rtg = 0.0
         self._first = True
 
@@ -41,14 +45,16 @@ class TorchPolicy:
         self.rtg = self.default_target if target_return is None else float(target_return)
         self._first = True
 
-    @torch.no_grad()
     def act(self, observation: np.ndarray, last_reward: float = 0.0) -> np.ndarray:
+        import torch
+
         if not self._first:
             self.rtg -= float(last_reward)
         self._first = False
-        obs = (torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1) - self.obs_mean) / self.obs_std
-        rtg = torch.tensor([[self.rtg * self.rtg_scale]], dtype=torch.float32)
-        action, self.state = self.model.step(self.state, obs, rtg)
+        with torch.no_grad():
+            obs = (torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1) - self.obs_mean) / self.obs_std
+            rtg = torch.tensor([[self.rtg * self.rtg_scale]], dtype=torch.float32)
+            action, self.state = self.model.step(self.state, obs, rtg)
         return action[0].numpy().astype(np.float64)
 
 

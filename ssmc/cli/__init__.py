@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from ssmc.cli import compile, data, quickstart, targets, train
+    from ssmc.cli import compile, data, quickstart, runtime, targets, train
 
-    for module in (data, train, quickstart, targets, compile):
+    for module in (data, train, quickstart, targets, compile, runtime):
         for cmd in module.COMMANDS:
             cli.add_command(cmd)
 
