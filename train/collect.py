@@ -89,6 +89,11 @@ def collect(
                              "uniform random actions")]
     elif spec.env_id == "Pendulum-v1":
         meta, segments = _pendulum_plan(quality, size)
+    elif spec.env_id.startswith("ssmc/TMaze"):
+        from ssmc.train.tmaze import collection_plan
+
+        meta, plan = collection_plan(quality, size)
+        segments = [_Segment(*part) for part in plan]
     else:
         meta, segments = _ars_plan(spec.env_id, quality, size, seed, progress)
     start = time.perf_counter()

@@ -32,6 +32,10 @@ class EnvSpec:
         return 100.0 * (float(ret) - self.ref_min) / (self.ref_max - self.ref_min)
 
 
+# ssmc/TMaze-k{k}-v0 (ssmc.train.tmaze): return 1 = the cued turn, 0.5 = chance (a uniform guess). The turn
+# ends every episode at step k + 1; the time limit k + 2 is never reached (no episode is cut as a timeout).
+TMAZE_LENGTHS = (5, 10, 20, 40, 80, 160)
+
 ENVS: dict[str, EnvSpec] = {
     s.env_id: s
     for s in (
@@ -41,6 +45,9 @@ ENVS: dict[str, EnvSpec] = {
         # Mean returns over 1000 episodes: uniform random actions / the scripted expert with its
         # torque noise (ssmc.train.behaviour.pendulum); `python tools/collect_all.py pendulum-refs`.
         EnvSpec("Pendulum-v1", -1225.4, -152.0, "ssmc (random / scripted expert)", 200, ("pendulum",), fast=True),
+        *(EnvSpec(f"ssmc/TMaze-k{k}-v0", 0.5, 1.0, "ssmc (chance / always the cued turn)", k + 2, fast=True)
+          for k in TMAZE_LENGTHS),
+        EnvSpec("ssmc/TMaze-v0", 0.5, 1.0, "ssmc (chance / always the cued turn)", 12, fast=True),  # k = 10
     )
 }
 
@@ -90,6 +97,8 @@ def make_env(env: EnvSpec | str, **kwargs: Any) -> Any:
     if isinstance(env, EnvSpec):
         kwargs.setdefault("max_episode_steps", env.max_episode_steps)
         env = env.env_id
+    if env.startswith("ssmc/"):
+        import ssmc.train.tmaze  # noqa: F401  (registers ssmc's own gymnasium ids)
     try:
         import mujoco
     except ImportError:  # gymnasium without the mujoco extra: classic-control envs still work
