@@ -1,0 +1,343 @@
+"""The C runtime (runtime/c/) and its Python binding: the C API steps an artifact exactly like the PyTorch
+step, refuses tampered artifacts with the same verdicts as ssmc.artifact, rejects bad input without touching
+its state, runs from a C program with no Python, and ``ssmc run`` never imports torch or the model code.
+
+Artifacts are compiled from small freshly initialised checkpoints (tests/test_compile.py's sizes), with the
+Pendulum-v1 dimensions so they also roll out in a real environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_tools
+from test_compile import BOUNDS, SMALL
+
+from ssmc.artifact import load_manifest, read_reference
+from ssmc.compile import compile_checkpoint
+from ssmc.compile.build import max_rel_error
+from ssmc.errors import ArtifactError
+from ssmc.runtime import Policy, PolicyError, runtime_bundle
+from ssmc.train.models import build_model, load_checkpoint, save_checkpoint
+from ssmc.train.rollout import TorchPolicy
+
+OBS, ACT = 3, 1  # Pendulum-v1
+EXTRA = {
+    "obs_mean": [0.2, -0.1, 0.5],
+    "obs_std": [0.7, 0.6, 2.0],
+    "rtg_scale": 1e-2,
+    "target_return": -150.0,
+    "env_id": "Pendulum-v1",
+}
+KINDS = ("dmm", "dema-rnn")  # one window model, one recurrent model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rt-ws")
+    out = {}
+    for i, kind in enumerate(KINDS):
+        torch.manual_seed(10 + i)
+        out[kind] = save_checkpoint(build_model(kind, OBS, ACT, **SMALL[kind]), root / kind, EXTRA)
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifacts(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("rt-artifacts")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(kind: str, precision: str = "fp32") -> Path:
+        if (kind, precision) not in cache:
+            cache[kind, precision] = compile_checkpoint(checkpoints[kind], "host", precision,
+                                                        out=root / f"{kind}-{precision}.ssmc")
+        return cache[kind, precision]
+
+    return get
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / artifact.name
+    shutil.copytree(artifact, dst)
+    return dst
+
+
+def _inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs = (np.asarray(EXTRA["obs_mean"]) + np.asarray(EXTRA["obs_std"]) * rng.standard_normal((n, OBS)))
+    return obs.astype(np.float32), rng.uniform(-2.0, 0.0, n)
+
+
+# -- the C runtime steps like PyTorch -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_c_runtime_matches_pytorch_over_200_steps(kind, checkpoints, artifacts) -> None:
+    model, extra = load_checkpoint(checkpoints[kind])
+    reference = TorchPolicy(model, extra)
+    obs, rewards = _inputs(200, seed=1)
+    with Policy(artifacts(kind)) as policy:
+        for target in (-150.0, -600.0):  # and again after a reset, from another return
+            policy.reset(target)
+            reference.reset(target)
+            got = [policy.act(o, r) for o, r in zip(obs, rewards, strict=True)]
+            want = [reference.act(o, r).astype(np.float32) for o, r in zip(obs, rewards, strict=True)]
+            assert max_rel_error([np.stack(got)], [np.stack(want)]) < BOUNDS["fp32"]
+            assert policy.steps == 200
+
+
+def test_int8_artifact_error_is_bounded(checkpoints, artifacts) -> None:
+    model, extra = load_checkpoint(checkpoints["dmm"])
+    reference = TorchPolicy(model, extra)
+    obs, rewards = _inputs(200, seed=2)
+    with Policy(artifacts("dmm", "int8")) as policy:
+        assert policy.info["precision"] == "int8"
+        reference.reset()
+        policy.reset()
+        got = [policy.act(o, r) for o, r in zip(obs, rewards, strict=True)]
+        want = [reference.act(o, r).astype(np.float32) for o, r in zip(obs, rewards, strict=True)]
+    err = max_rel_error([np.stack(got)], [np.stack(want)])
+    assert 0.0 < err < BOUNDS["int8"]  # not zero: the weights really are int8
+
+
+def test_reference_pairs_are_reproduced_through_the_c_api(artifacts) -> None:
+    """The recorded PyTorch steps, fed as (observation, reward) with the reward that moves the C runtime's
+    return-to-go from one recorded value to the next."""
+    path = artifacts("dmm")
+    steps = read_reference(path / "reference.safetensors", load_manifest(path))
+    rtg = [float(s.inputs["rtg_raw"][0, 0]) for s in steps]
+    with Policy(path) as policy:
+        policy.reset(rtg[0])
+        got = [policy.act(s.inputs["obs_raw"][0], rtg[i - 1] - rtg[i] if i else 0.0) for i, s in enumerate(steps)]
+    assert max_rel_error([np.stack(got)], [np.stack([s.outputs["action"][0] for s in steps])]) < BOUNDS["fp32"]
+
+
+def test_policy_reports_the_manifest(artifacts) -> None:
+    path = artifacts("dema-rnn")
+    m = load_manifest(path)
+    with Policy(path) as policy:
+        assert (policy.obs_dim, policy.act_dim) == (OBS, ACT)
+        assert policy.default_target_return == m.target_return
+        assert policy.state_bytes == m.state_bytes > 0
+        assert policy.info == {"model_kind": "dema-rnn", "semantics": "recurrent", "precision": "fp32",
+                               "target": "host", "library": m.library}
+    with pytest.raises(PolicyError, match="closed"):
+        policy.act(np.zeros(OBS))
+
+
+# -- bad input changes nothing -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["nan_obs", "inf_obs", "short_obs", "long_obs", "nan_reward", "inf_reward"])
+def test_a_rejected_call_changes_nothing(bad, artifacts) -> None:
+    obs, rewards = _inputs(6, seed=3)
+    bad_args = {
+        "nan_obs": (np.array([0.1, np.nan, 0.2]), 0.5, "input", "observation\\[1\\] is NaN"),
+        "inf_obs": (np.array([np.inf, 0.0, 0.2]), 0.5, "input", "observation\\[0\\] is inf"),
+        "short_obs": (np.zeros(OBS - 1), 0.5, "argument", "has 2 values, the policy takes 3"),
+        "long_obs": (np.zeros(OBS + 4), 0.5, "argument", "has 7 values, the policy takes 3"),
+        "nan_reward": (obs[0], float("nan"), "input", "reward is not finite"),
+        "inf_reward": (obs[0], float("inf"), "input", "reward is not finite"),
+    }[bad]
+    with Policy(artifacts("dema-rnn")) as clean, Policy(artifacts("dema-rnn")) as faulty:
+        want = [clean.act(o, r) for o, r in zip(obs, rewards, strict=True)]
+        got = []
+        for i, (o, r) in enumerate(zip(obs, rewards, strict=True)):
+            if i in (0, 3):  # bad calls before the first step and mid-episode
+                with pytest.raises(PolicyError, match=bad_args[3]) as e:
+                    faulty.act(bad_args[0], bad_args[1])
+                assert e.value.status == bad_args[2]
+            got.append(faulty.act(o, r))
+        assert faulty.steps == clean.steps == len(obs)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_reset_rejects_a_non_finite_target_return(artifacts) -> None:
+    with Policy(artifacts("dmm")) as policy:
+        with pytest.raises(PolicyError, match="target return is not finite"):
+            policy.reset(float("nan"))
+
+
+# -- tampered artifacts are refused, with the same verdict as ssmc.artifact -----------------------------
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+TAMPER = {
+    "flipped byte": (lambda d: _flip_byte(d / "lib.so"), "lib.so: sha256 mismatch"),
+    "truncated": (lambda d: (d / "lib.so").write_bytes((d / "lib.so").read_bytes()[:-100]), "truncated"),
+    "extra file": (lambda d: (d / "notes.txt").write_text("hi"), "notes.txt: unexpected file"),
+    "missing file": (lambda d: (d / "reference.safetensors").unlink(), "reference.safetensors: missing"),
+    "newer format": (lambda d: _edit_manifest(d, format_version=2), "format version 2 is newer"),
+    "no manifest": (lambda d: (d / "manifest.json").unlink(), "manifest.json"),
+    "bad json": (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json"),
+}
+
+
+def _edit_manifest(d: Path, **fields) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    m.update(fields)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("case", list(TAMPER))
+def test_tampered_artifacts_are_refused(case, artifacts, tmp_path) -> None:
+    path = _copy(artifacts("dmm"), tmp_path)
+    tamper, message = TAMPER[case]
+    tamper(path)
+    with pytest.raises(PolicyError, match=message) as e:
+        Policy(path)
+    assert e.value.status == "artifact"
+    assert "\n" not in str(e.value)
+    with pytest.raises(ArtifactError):  # the Python loader agrees
+        load_manifest(path)
+
+
+def test_artifacts_for_another_architecture_or_device_are_refused(artifacts, tmp_path) -> None:
+    from ssmc.targets import load_target
+
+    path = _copy(artifacts("dmm"), tmp_path)
+    _edit_manifest(path, target=load_target("rpi5").to_dict())
+    with pytest.raises(PolicyError, match="built for aarch64 \\(target rpi5\\), this runtime is x86_64"):
+        Policy(path)
+    _edit_manifest(path, target=load_target("jetson-orin").to_dict())
+    with pytest.raises(PolicyError, match="runs on cuda: this runtime runs CPU artifacts only"):
+        Policy(path)
+
+
+def test_sha256_agrees_with_hashlib_at_block_boundaries(artifacts, tmp_path) -> None:
+    """Files of lengths around SHA-256's 64-byte blocks and 56-byte padding limit, and over 1 MiB (the
+    runtime's read chunk), listed with hashlib's digests: the C runtime accepts all of them."""
+    path = _copy(artifacts("dmm"), tmp_path)
+    m = json.loads((path / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 55, 56, 63, 64, 65, 119, 120, 128, (1 << 20) + 3):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        (path / f"blob{n}.bin").write_bytes(data)
+        m["files"][f"blob{n}.bin"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": n}
+    (path / "manifest.json").write_text(json.dumps(m))
+    Policy(path).close()
+    _flip_byte(path / "blob120.bin")
+    with pytest.raises(PolicyError, match="blob120.bin: sha256 mismatch"):
+        Policy(path)
+
+
+def test_tar_artifacts_open_through_the_binding(artifacts, tmp_path) -> None:
+    from ssmc.artifact import pack_tar
+
+    tar = pack_tar(_copy(artifacts("dmm"), tmp_path))
+    obs, rewards = _inputs(5, seed=4)
+    with Policy(tar) as a, Policy(artifacts("dmm")) as b:
+        np.testing.assert_array_equal([a.act(o, r) for o, r in zip(obs, rewards, strict=True)],
+                                      [b.act(o, r) for o, r in zip(obs, rewards, strict=True)])
+
+
+# -- a C program, no Python ----------------------------------------------------------------------------
+
+def _synthetic(steps: int) -> np.ndarray:
+    """control_loop.c's standalone observation signal: obs[i] = sin(0.01 t (i + 1) + i)."""
+    t, i = np.arange(steps)[:, None], np.arange(OBS)[None, :]
+    return np.sin(0.01 * t * (i + 1) + i).astype(np.float32)
+
+
+def _c_actions(out: str) -> tuple[np.ndarray, dict]:
+    lines = out.strip().splitlines()
+    return np.array([[float(x) for x in line.split()] for line in lines[:-1]], np.float32), json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_c_control_loop_runs_an_artifact_end_to_end(kind, checkpoints, artifacts) -> None:
+    bundle = runtime_bundle()
+    steps = 40
+    proc = subprocess.run(bundle.command(str(artifacts(kind)), "--steps", str(steps), "--rate", "2000",
+                                         "--print-actions"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    actions, summary = _c_actions(proc.stdout)
+    model, extra = load_checkpoint(checkpoints[kind])
+    reference = TorchPolicy(model, extra)
+    reference.reset()
+    want = np.array([reference.act(o, 1.0) for o in _synthetic(steps)], np.float32)
+    assert actions.shape == (steps, ACT)
+    assert max_rel_error([actions], [want]) < 1e-5
+    assert summary["steps"] == steps and summary["errors"] == 0 and summary["model_kind"] == kind
+    assert summary["latency_us"]["p50"] > 0 and summary["max_rss_kb"] > 0
+
+
+def test_c_control_loop_reports_a_bad_artifact_in_one_line(artifacts, tmp_path) -> None:
+    path = _copy(artifacts("dmm"), tmp_path)
+    _flip_byte(path / "lib.so")
+    proc = subprocess.run(runtime_bundle().command(str(path)), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "sha256 mismatch" in proc.stderr
+
+
+def test_bundle_is_self_contained(tmp_path) -> None:
+    """Copied elsewhere, the bundle's example still finds libssmc and TVM's runtime through $ORIGIN."""
+    bundle = runtime_bundle()
+    assert {p.name for p in bundle.dir.iterdir()} >= {"libssmc.so", "libtvm_runtime.so", "libtvm_ffi.so",
+                                                       "ssmc_control", "ssmc.h"}
+    moved = shutil.copytree(bundle.dir, tmp_path / "bundle")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    proc = subprocess.run([str(moved / "ssmc_control"), "/nonexistent.ssmc"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2 and "no such artifact" in proc.stderr
+
+
+# -- ssmc run: the runtime alone ------------------------------------------------------------------------
+
+def test_ssmc_run_rolls_out_without_importing_torch(artifacts) -> None:
+    code = (
+        "import json, sys\n"
+        "from ssmc.cli import cli\n"
+        f"cli(['run', {str(artifacts('dmm'))!r}, '--episodes', '1', '--json'], standalone_mode=False)\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'ssmc.train.models', "
+        "'ssmc.compile', 'tvm')))\n"
+        "print(json.dumps({'imported': bad}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run, imported = (json.loads(line) for line in proc.stdout.strip().splitlines())
+    assert imported == {"imported": []}
+    assert run["env_id"] == "Pendulum-v1" and run["episodes"] == 1 and run["length_mean"] == 200
+    assert np.isfinite(run["return_mean"]) and run["step_latency_us"]["n"] == 200
+
+
+def test_ssmc_run_scores_like_pytorch_on_the_same_seeds(checkpoints, artifacts) -> None:
+    from ssmc.runtime.run import run_artifact
+    from ssmc.train.rollout import evaluate_checkpoint
+
+    got = run_artifact(artifacts("dema-rnn"), episodes=2, seed=5, progress=False)
+    want = evaluate_checkpoint(str(checkpoints["dema-rnn"]), None, episodes=2, seed=5, progress=False)
+    np.testing.assert_allclose(got["returns"], want["returns"], rtol=1e-4)
+
+
+# -- aarch64 under qemu ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_aarch64_artifact_runs_under_qemu_and_matches_the_host(checkpoints, tmp_path) -> None:
+    """The aarch64 build of the runtime (TVM's aarch64 wheels) runs the aarch64 artifact under qemu-user and
+    reproduces the PyTorch step, as the host artifact does."""
+    require_tools("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64-static")
+    bundle = runtime_bundle("aarch64")
+    artifact = compile_checkpoint(checkpoints["dmm"], "aarch64", "fp32", out=tmp_path / "dmm-aarch64.ssmc")
+    steps = 20
+    proc = subprocess.run(bundle.command(str(artifact), "--steps", str(steps), "--rate", "20", "--print-actions"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    actions, summary = _c_actions(proc.stdout)
+    assert summary["target"] == "aarch64" and summary["errors"] == 0
+    model, extra = load_checkpoint(checkpoints["dmm"])
+    reference = TorchPolicy(model, extra)
+    reference.reset()
+    want = np.array([reference.act(o, 1.0) for o in _synthetic(steps)], np.float32)
+    assert max_rel_error([actions], [want]) < 1e-5
