@@ -26,6 +26,8 @@ SMALL = {  # fast variants for the broad tests; full sizes are covered by test_s
     "dema-rnn": {"K": 12, "embedding_dim": 16, "d_model": 16, "n_layer": 2, "d_state": 8},
     "dmm": {"K": 5, "hidden": 16, "n_layer": 2, "window": 4, "d_state": 4},
     "mambadm": {"K": 5, "hidden": 16, "n_layer": 2, "d_state": 4},
+    "dmh": {"K": 12, "c": 4, "d_model": 16, "n_mamba_layer": 2, "d_state": 8, "hidden": 16, "n_layer": 2,
+            "n_head": 2, "context_len": 5, "max_history": 20},
 }
 
 

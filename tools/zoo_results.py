@@ -67,12 +67,17 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/zoo"))
     ap.add_argument("--out", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--from-json", action="store_true", help="rewrite the Markdown from the saved .json only")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the saved .json's rows of other models (add or replace only --models' rows)")
     args = ap.parse_args()
     if args.from_json:
         rows = json.loads(args.out.with_suffix(".json").read_text())
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(lambda m: one_model(m, args), args.models))
+        if args.merge:  # read at the end: rows another run saved meanwhile are kept
+            saved = json.loads(args.out.with_suffix(".json").read_text())
+            rows = [r for r in saved if r["model"] not in args.models] + rows
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     write_markdown(rows, args)
 

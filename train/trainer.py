@@ -104,9 +104,13 @@ class Trainer:
                         "quality": data.metadata.get("quality"), "source": data.source},
             "train": asdict(cfg),
         }
-        from_start = self.model.semantics == "recurrent"
-        self.sampler = WindowSampler(data, self.model.config.K, cfg.rtg_scale, mean, std,
-                                     seed=cfg.seed, from_start=from_start)
+        make_sampler = getattr(self.model, "make_sampler", None)  # a model that names its own batch source (dmh)
+        if make_sampler is not None:
+            self.sampler = make_sampler(data, cfg.rtg_scale, mean, std, seed=cfg.seed)
+        else:
+            from_start = self.model.semantics == "recurrent"
+            self.sampler = WindowSampler(data, self.model.config.K, cfg.rtg_scale, mean, std,
+                                         seed=cfg.seed, from_start=from_start)
         self.opt = torch.optim.AdamW(self.model.param_groups(cfg.weight_decay), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.step = 0

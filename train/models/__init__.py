@@ -24,6 +24,7 @@ from ssmc.errors import ConfigError
 from ssmc.fsutil import atomic_file
 from ssmc.train.models.common import ModelConfig, PolicyModel, masked_mse
 from ssmc.train.models.dema import DeMa, DeMaConfig, DeMaRNN, DeMaRNNConfig
+from ssmc.train.models.dmh import DecisionMambaHybrid, DMHConfig
 from ssmc.train.models.dmm import DecisionMetaMamba, DMMConfig
 from ssmc.train.models.dt import DecisionTransformer, DTConfig
 from ssmc.train.models.mamba import Mamba
@@ -34,13 +35,15 @@ MODELS: dict[str, type[PolicyModel]] = {
     "dema": DeMa,
     "dema-rnn": DeMaRNN,
     "dmm": DecisionMetaMamba,
+    "dmh": DecisionMambaHybrid,
     "mambadm": MambaDM,
 }
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "ssmc-checkpoint", 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 __all__ = [
-    "MODELS", "DMMConfig", "DTConfig", "DeMa", "DeMaConfig", "DeMaRNN", "DeMaRNNConfig", "DecisionMetaMamba",
+    "MODELS", "DMHConfig", "DMMConfig", "DTConfig", "DeMa", "DeMaConfig", "DeMaRNN", "DeMaRNNConfig",
+    "DecisionMambaHybrid", "DecisionMetaMamba",
     "DecisionTransformer", "Mamba", "MambaDM", "MambaDMConfig", "ModelConfig", "PolicyModel", "build_model",
     "load_checkpoint", "masked_mse", "model_class", "model_from_config", "save_checkpoint",
 ]
