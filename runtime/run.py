@@ -37,8 +37,9 @@ def artifact_env(manifest: Any, env_id: str | None) -> str:
 
 def run_artifact(artifact: str | os.PathLike[str], env_id: str | None = None, episodes: int = 5, seed: int = 0,
                  target_return: float | None = None, progress: bool = True,
-                 policy: Policy | None = None) -> dict[str, Any]:
-    """Roll ``episodes`` episodes (seeds seed, seed+1, ...) with the C runtime; scores and step latency."""
+                 policy: Policy | None = None, samples: list[float] | None = None) -> dict[str, Any]:
+    """Roll ``episodes`` episodes (seeds seed, seed+1, ...) with the C runtime; scores and step latency.
+    ``samples``, when given, receives every step's latency in microseconds."""
     from ssmc.train.rollout import rollout
 
     manifest = load_manifest(artifact)
@@ -59,6 +60,8 @@ def run_artifact(artifact: str | os.PathLike[str], env_id: str | None = None, ep
     finally:
         if own:
             policy.close()
+    if samples is not None:
+        samples.extend(ns / 1e3 for ns in latencies)
     out = res.summary()
     out.update({
         "artifact": str(artifact),

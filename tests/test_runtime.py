@@ -270,7 +270,7 @@ def test_c_control_loop_runs_an_artifact_end_to_end(kind, checkpoints, artifacts
     assert actions.shape == (steps, ACT)
     assert max_rel_error([actions], [want]) < 1e-5
     assert summary["steps"] == steps and summary["errors"] == 0 and summary["model_kind"] == kind
-    assert summary["latency_us"]["p50"] > 0 and summary["max_rss_kb"] > 0
+    assert summary["latency_us"]["p50"] > 0 and summary["peak_rss_kb"] > 0
 
 
 def test_c_control_loop_reports_a_bad_artifact_in_one_line(artifacts, tmp_path) -> None:

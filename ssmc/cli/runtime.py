@@ -47,6 +47,76 @@ def run_cmd(artifact: str, env_id: str | None, episodes: int, seed: int, target_
                f"over {lat['n']} steps (Python binding)")
 
 
+@click.command("verify")
+@click.argument("artifact", type=click.Path(exists=True))
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
+              help="PyTorch checkpoint to compare with [default: the one the artifact was compiled from, if present].")
+@click.option("--episodes", type=int, default=5, show_default=True, help="Rollouts per side (0: skip scores).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object on stdout.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Write verify.json, verify.md and verify.png (latency histogram, score comparison) here.")
+def verify_cmd(artifact: str, checkpoint: str | None, episodes: int, seed: int, as_json: bool,
+               report_dir: str | None) -> None:
+    """Check ARTIFACT against its PyTorch checkpoint and its target's budgets.
+
+    \b
+    Checks: integrity (every hash, by the C runtime), recorded and fresh action agreement,
+    D4RL-normalised score vs PyTorch on the same seeds, C-loop step latency p99 and peak
+    memory against the target's budgets. Reports artifact/state bytes and parameters vs the
+    paper's claim. Exit status 0 on PASS, 1 on FAIL.
+    """
+    from ssmc.runtime import runtime_bundle
+    from ssmc.runtime.verify import markdown, verify_artifact, write_report
+
+    runtime_bundle(progress=_say)
+    verdict = verify_artifact(artifact, checkpoint, episodes, seed, progress=not as_json)
+    if report_dir:
+        for path in write_report(verdict, report_dir):
+            _say(f"wrote {path}")
+    click.echo(json.dumps(verdict.to_dict()) if as_json else markdown(verdict))
+    if not verdict.passed:
+        raise SystemExit(1)
+
+
+@click.command("hil")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--env", "env_id", default=None, help="Environment id [default: the one the artifact records].")
+@click.option("--rate", "rate_hz", type=float, default=50.0, show_default=True, help="Control rate (Hz).")
+@click.option("--episodes", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Cut episodes at this many steps.")
+@click.option("--emulate", type=click.Choice(["aarch64"]), default=None,
+              help="Run the aarch64 controller build under qemu-aarch64-static (needs an aarch64 artifact).")
+@click.option("--realtime/--no-realtime", default=True, show_default=True,
+              help="Ask for SCHED_FIFO in both processes (falls back to normal priority where not permitted).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
+def hil_cmd(artifact: str, env_id: str | None, rate_hz: float, episodes: int, seed: int, max_steps: int | None,
+            emulate: str | None, realtime: bool, as_json: bool) -> None:
+    """Hardware-in-the-loop on loopback: a MuJoCo plant here, the C controller in its own process.
+
+    \b
+    The plant steps on a fixed clock at --rate and holds the last action when the controller's
+    reply misses the period's deadline. Reports deadline misses, score, round-trip latency and
+    the controller's own step time. Under --emulate aarch64 the timing is qemu's, not a board's.
+    """
+    from ssmc.runtime.hil import run_hil
+
+    res = run_hil(artifact, env_id, rate_hz, episodes, seed, emulate, max_steps, progress=not as_json,
+                  realtime=realtime)
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    rtt, step = res["round_trip_us"], res["controller_step_us"]
+    rt = ", ".join(f"{k} {'SCHED_FIFO' if v else 'normal'}" for k, v in res["realtime"].items())
+    click.echo(f"{res['model']} {res['precision']} on {res['env_id']} at {rate_hz:g} Hz, {res['controller']} ({rt})")
+    click.echo(f"  steps {res['steps']}, deadline misses {res['deadline_misses']} "
+               f"({res['controller_errors']} controller errors)")
+    click.echo(f"  return {res['return_mean']:.1f}, normalised {res['normalized_mean']:.1f} ({res['normalized_ref']})")
+    click.echo(f"  round trip p50 {rtt['p50']:.0f} µs, p99 {rtt['p99']:.0f} µs, max {rtt['max']:.0f} µs; "
+               f"controller step p50 {step['p50']:.0f} µs, p99 {step['p99']:.0f} µs")
+
+
 @click.command("runtime")
 @click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), default=None,
               help="Build for this architecture [default: this machine's]. aarch64 fetches TVM's aarch64 wheels once.")
@@ -64,4 +134,4 @@ def runtime_cmd(arch: str | None, rebuild: bool) -> None:
     click.echo(str(runtime_bundle(arch, rebuild=rebuild, progress=_say).dir))
 
 
-COMMANDS = [run_cmd, runtime_cmd]
+COMMANDS = [run_cmd, verify_cmd, hil_cmd, runtime_cmd]

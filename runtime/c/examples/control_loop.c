@@ -3,6 +3,8 @@
  *
  *   ssmc_control ARTIFACT [--rate HZ] [--steps N] [--target-return R] [--print-actions]
  *   ssmc_control ARTIFACT --connect HOST:PORT [--rate HZ]
+ *   --realtime: lock memory (mlockall) and run at SCHED_FIFO priority 80 when permitted, as an onboard
+ *               loop would; the summary says whether it was granted.
  *
  * Standalone (default): a fixed-rate loop (clock_nanosleep on absolute CLOCK_MONOTONIC deadlines)
  * feeds a synthetic observation signal, obs[i] = sin(0.01 t (i + 1) + i) with reward 1 per step,
@@ -18,7 +20,7 @@
  *                        | ACT [action...] with the OBS's seq | ERR (the step failed; nothing changed)
  *
  * Either way it ends by printing one JSON line: steps, errors, deadline misses, the step latency
- * (ssmc_act alone) p50/p99/max in microseconds, resident memory, and the last action.
+ * (ssmc_act alone) p50/p99/max in microseconds, peak resident memory (VmHWM), and the last action.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,7 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,13 +49,14 @@ typedef struct {
   double target_return;
   int has_target_return;
   int print_actions;
+  int realtime;
   const char *connect;
 } Options;
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: ssmc_control ARTIFACT [--rate HZ] [--steps N] [--target-return R] [--print-actions]\n"
-          "       ssmc_control ARTIFACT --connect HOST:PORT [--rate HZ]\n");
+          "usage: ssmc_control ARTIFACT [--rate HZ] [--steps N] [--target-return R] [--print-actions] [--realtime]\n"
+          "       ssmc_control ARTIFACT --connect HOST:PORT [--rate HZ] [--realtime]\n");
 }
 
 static int parse_options(int argc, char **argv, Options *o) {
@@ -67,6 +71,7 @@ static int parse_options(int argc, char **argv, Options *o) {
     else if (strcmp(a, "--target-return") == 0 && v) { o->target_return = atof(v); o->has_target_return = 1; ++i; }
     else if (strcmp(a, "--connect") == 0 && v) { o->connect = v; ++i; }
     else if (strcmp(a, "--print-actions") == 0) { o->print_actions = 1; }
+    else if (strcmp(a, "--realtime") == 0) { o->realtime = 1; }
     else if (a[0] != '-' && o->artifact == NULL) { o->artifact = a; }
     else { usage(); return -1; }
   }
@@ -101,6 +106,20 @@ static double percentile_us(int64_t *sorted, long n, double q) {
   return (double)sorted[i] / 1000.0;
 }
 
+/* Peak resident memory of this process image: VmHWM, which (unlike getrusage's ru_maxrss) starts afresh at
+ * execve instead of inheriting the parent's peak. */
+static long peak_rss_kb(void) {
+  char line[256];
+  long kb = -1;
+  FILE *f = fopen("/proc/self/status", "r");
+  if (f == NULL) return -1;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    if (strncmp(line, "VmHWM:", 6) == 0) kb = atol(line + 6);
+  }
+  fclose(f);
+  return kb;
+}
+
 static long rss_kb(void) {
   long pages = 0, resident = 0;
   FILE *f = fopen("/proc/self/statm", "r");
@@ -111,6 +130,7 @@ static long rss_kb(void) {
 }
 
 typedef struct {
+  int realtime; /* SCHED_FIFO granted */
   long steps, errors, misses;
   int64_t *latency_ns; /* one per step, preallocated */
   long rss_open_kb;
@@ -119,15 +139,13 @@ typedef struct {
 static void print_summary(const char *mode, const Options *o, Stats *s, const float *action, size_t act_dim,
                           ssmc_policy *p) {
   qsort(s->latency_ns, (size_t)s->steps, sizeof(int64_t), cmp_i64);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
   printf("{\"mode\": \"%s\", \"model_kind\": \"%s\", \"precision\": \"%s\", \"target\": \"%s\", "
-         "\"rate_hz\": %.3f, \"steps\": %ld, \"errors\": %ld, \"deadline_misses\": %ld, "
+         "\"realtime\": %s, \"rate_hz\": %.3f, \"steps\": %ld, \"errors\": %ld, \"deadline_misses\": %ld, "
          "\"latency_us\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f}, "
-         "\"rss_after_open_kb\": %ld, \"rss_end_kb\": %ld, \"max_rss_kb\": %ld, \"last_action\": [",
-         mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), o->rate_hz, s->steps,
+         "\"rss_after_open_kb\": %ld, \"rss_end_kb\": %ld, \"peak_rss_kb\": %ld, \"last_action\": [",
+         mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), s->realtime ? "true" : "false", o->rate_hz, s->steps,
          s->errors, s->misses, percentile_us(s->latency_ns, s->steps, 0.5), percentile_us(s->latency_ns, s->steps, 0.99),
-         percentile_us(s->latency_ns, s->steps, 1.0), s->rss_open_kb, rss_kb(), ru.ru_maxrss);
+         percentile_us(s->latency_ns, s->steps, 1.0), s->rss_open_kb, rss_kb(), peak_rss_kb());
   for (size_t i = 0; i < act_dim; ++i) printf("%s%.9g", i ? ", " : "", action[i]);
   printf("]}\n");
   fflush(stdout);
@@ -294,6 +312,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   Stats s = {0};
+  if (o.realtime) {
+    struct sched_param sp = {.sched_priority = 80};
+    mlockall(MCL_CURRENT | MCL_FUTURE);
+    s.realtime = sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
+    if (!s.realtime) fprintf(stderr, "ssmc_control: SCHED_FIFO not permitted, running at normal priority\n");
+  }
   if (o.connect != NULL && o.steps == 1000) o.steps = 1000000; /* socket mode: room for the latencies of 1M steps */
   s.latency_ns = calloc((size_t)o.steps, sizeof(int64_t));
   s.rss_open_kb = rss_kb();
