@@ -341,3 +341,103 @@ def test_aarch64_artifact_runs_under_qemu_and_matches_the_host(checkpoints, tmp_
     reference.reset()
     want = np.array([reference.act(o, 1.0) for o in _synthetic(steps)], np.float32)
     assert max_rel_error([actions], [want]) < 1e-5
+
+
+# -- ssmc verify ----------------------------------------------------------------------------------------
+
+def test_verify_passes_the_agreement_checks_and_writes_a_report(checkpoints, artifacts, tmp_path) -> None:
+    from ssmc.runtime.verify import verify_artifact, write_report
+
+    v = verify_artifact(artifacts("dema-rnn"), checkpoints["dema-rnn"], episodes=1, progress=False)
+    checks = {c.name: c for c in v.checks}
+    assert [c.name for c in v.checks] == ["integrity", "recorded", "fresh", "score", "latency", "memory"]
+    for name in ("integrity", "recorded", "fresh", "score"):
+        assert checks[name].passed, checks[name]
+    assert checks["fresh"].value < 1e-5 and checks["score"].value < 1e-3
+    assert checks["latency"].passed is not None and checks["latency"].value > 0  # measured, verdict by budget
+    assert 1e6 < checks["memory"].value < 256 << 20  # the C process alone, not the Python parent
+    assert v.facts["param_count"] == load_checkpoint(checkpoints["dema-rnn"])[0].num_params()
+    paths = write_report(v, tmp_path / "report")
+    assert [p.name for p in paths] == ["verify.json", "verify.md", "verify.png"]
+    assert json.loads(paths[0].read_text())["checks"][2]["name"] == "fresh"
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ("**PASS**" if v.passed else "**FAIL**") in paths[1].read_text()
+
+
+def test_verify_fails_an_artifact_that_disagrees_with_the_checkpoint(checkpoints, artifacts, tmp_path) -> None:
+    """Another checkpoint's weights (same kind and sizes): every agreement check must catch it."""
+    from ssmc.runtime.verify import verify_artifact
+
+    torch.manual_seed(99)
+    other = save_checkpoint(build_model("dema-rnn", OBS, ACT, **SMALL["dema-rnn"]), tmp_path / "other", EXTRA)
+    v = verify_artifact(artifacts("dema-rnn"), other, episodes=0, progress=False)
+    checks = {c.name: c for c in v.checks}
+    assert checks["fresh"].passed is False and not v.passed
+    assert checks["score"].passed is None  # --episodes 0: not run, and said so
+
+
+def test_verify_cli_reports_a_tampered_artifact_and_exits_1(artifacts, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from ssmc.cli import cli
+
+    path = _copy(artifacts("dmm"), tmp_path)
+    _flip_byte(path / "lib.so")
+    res = CliRunner().invoke(cli, ["verify", str(path), "--json"])
+    assert res.exit_code == 1
+    out = json.loads(res.stdout)
+    assert out["passed"] is False and out["checks"][0]["name"] == "integrity"
+    assert "sha256 mismatch" in out["checks"][0]["detail"]
+
+
+# -- ssmc hil -------------------------------------------------------------------------------------------
+
+def _torch_return(checkpoint: Path, seed: int, steps: int) -> float:
+    from ssmc.train.envs import make_env, resolve_env
+
+    model, extra = load_checkpoint(checkpoint)
+    policy = TorchPolicy(model, extra)
+    env = make_env(resolve_env("Pendulum-v1"))
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    total, reward = 0.0, 0.0
+    for _ in range(steps):
+        action = np.clip(policy.act(obs, reward).astype(np.float32), -2.0, 2.0)
+        obs, reward, *_ = env.step(action)
+        total += float(reward)
+    env.close()
+    return total
+
+
+def test_hil_plant_and_c_controller_on_loopback(checkpoints, artifacts) -> None:
+    from ssmc.runtime.hil import run_hil
+
+    res = run_hil(artifacts("dema-rnn"), rate_hz=100, episodes=2, seed=3, max_steps=40, progress=False)
+    assert res["steps"] == 80 and res["lengths"] == [40, 40] and res["controller_errors"] == 0
+    assert res["round_trip_us"]["n"] == res["steps"] - res["deadline_misses"]
+    assert res["controller_step_us"]["p50"] > 0 and res["controller"].startswith("x86_64")
+    if res["deadline_misses"] == 0:  # every action applied on time: the same return as PyTorch
+        want = [_torch_return(checkpoints["dema-rnn"], seed, 40) for seed in (3, 4)]
+        np.testing.assert_allclose(res["returns"], want, rtol=1e-4)
+
+
+def test_hil_refuses_an_artifact_the_controller_cannot_run(artifacts) -> None:
+    from ssmc.errors import ConfigError
+    from ssmc.runtime.hil import run_hil
+
+    with pytest.raises(ConfigError, match="the controller here runs aarch64 CPU artifacts"):
+        run_hil(artifacts("dmm"), emulate="aarch64", progress=False)
+    with pytest.raises(ConfigError, match="--rate must be positive"):
+        run_hil(artifacts("dmm"), rate_hz=0, progress=False)
+
+
+@pytest.mark.slow
+def test_hil_with_the_aarch64_controller_under_qemu(checkpoints, tmp_path) -> None:
+    from ssmc.runtime.hil import run_hil
+
+    require_tools("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64-static")
+    artifact = compile_checkpoint(checkpoints["dema-rnn"], "aarch64", "fp32", out=tmp_path / "a64.ssmc")
+    res = run_hil(artifact, rate_hz=20, episodes=1, seed=3, max_steps=30, emulate="aarch64", progress=False)
+    assert res["controller"].startswith("aarch64") and res["controller_errors"] == 0 and res["steps"] == 30
+    if res["deadline_misses"] == 0:
+        np.testing.assert_allclose(res["returns"], [_torch_return(checkpoints["dema-rnn"], 3, 30)], rtol=1e-4)
