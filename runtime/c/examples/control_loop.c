@@ -50,12 +50,14 @@ typedef struct {
   int has_target_return;
   int print_actions;
   int realtime;
+  long rss_every;
   const char *connect;
 } Options;
 
 static void usage(void) {
   fprintf(stderr,
           "usage: ssmc_control ARTIFACT [--rate HZ] [--steps N] [--target-return R] [--print-actions] [--realtime]\n"
+          "                    [--rss-every N]   (print \"rss STEP KB\" to stderr every N steps: soak tests)\n"
           "       ssmc_control ARTIFACT --connect HOST:PORT [--rate HZ] [--realtime]\n");
 }
 
@@ -72,6 +74,7 @@ static int parse_options(int argc, char **argv, Options *o) {
     else if (strcmp(a, "--connect") == 0 && v) { o->connect = v; ++i; }
     else if (strcmp(a, "--print-actions") == 0) { o->print_actions = 1; }
     else if (strcmp(a, "--realtime") == 0) { o->realtime = 1; }
+    else if (strcmp(a, "--rss-every") == 0 && v) { o->rss_every = atol(v); ++i; }
     else if (a[0] != '-' && o->artifact == NULL) { o->artifact = a; }
     else { usage(); return -1; }
   }
@@ -173,6 +176,7 @@ static int run_standalone(const Options *o, ssmc_policy *p, Stats *s) {
       for (size_t i = 0; i < act_dim; ++i) printf("%s%.9g", i ? " " : "", action[i]);
       printf("\n");
     }
+    if (o->rss_every > 0 && (t + 1) % o->rss_every == 0) fprintf(stderr, "rss %ld %ld\n", t + 1, rss_kb());
     const int64_t deadline = tick + period;
     if (t1 > deadline) {
       ++s->misses;
@@ -319,9 +323,10 @@ int main(int argc, char **argv) {
     if (!s.realtime) fprintf(stderr, "ssmc_control: SCHED_FIFO not permitted, running at normal priority\n");
   }
   if (o.connect != NULL && o.steps == 1000) o.steps = 1000000; /* socket mode: room for the latencies of 1M steps */
-  s.latency_ns = calloc((size_t)o.steps, sizeof(int64_t));
-  s.rss_open_kb = rss_kb();
+  s.latency_ns = malloc((size_t)o.steps * sizeof(int64_t));
   if (s.latency_ns == NULL) return 1;
+  for (long i = 0; i < o.steps; ++i) s.latency_ns[i] = INT64_MAX; /* resident now, so RSS stays flat later */
+  s.rss_open_kb = rss_kb();
   const int rc = o.connect ? run_socket(&o, p, &s) : run_standalone(&o, p, &s);
   free(s.latency_ns);
   ssmc_close(p);
