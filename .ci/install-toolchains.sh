@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages the compile and runtime stages need for aarch64 work:
+# Install the Debian packages the compile and runtime stages need:
+#   g++ make                                       build the C runtime (runtime/c) for the host
 #   gcc-aarch64-linux-gnu / g++-aarch64-linux-gnu  cross compiler + sysroot (/usr/aarch64-linux-gnu)
 #                                                  used to link aarch64 TVM libraries and the C runtime
 #   qemu-user-static                               runs the aarch64 artifacts here:
@@ -9,7 +10,7 @@
 # Run as root (CI) or with sudo available. Exit status is non-zero if installation fails.
 set -euo pipefail
 
-PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static)
+PACKAGES=(g++ make gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -38,7 +39,7 @@ else
 fi
 
 # Sanity checks: the tools compile/ and runtime/ call by name.
-for tool in aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64-static; do
+for tool in g++ make aarch64-linux-gnu-gcc aarch64-linux-gnu-g++ qemu-aarch64-static; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "install-toolchains: $tool not on PATH after installation" >&2
         exit 1

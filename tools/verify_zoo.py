@@ -1,0 +1,64 @@
+"""Compile the zoo's hopper checkpoints for the host at fp32 and int8 and verify each artifact against its
+checkpoint with the real CLI; writes docs/verify/<artifact>/verify.{json,md,png} and docs/runtime.md's
+results table source, docs/verify/summary.json.
+
+    python tools/verify_zoo.py --runs runs/zoo --models dema dmm --episodes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ssmc.fsutil import atomic_file
+
+
+def sh(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return proc, time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/zoo")
+    ap.add_argument("--models", nargs="+", default=["dema", "dmm"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--out", default="docs/verify")
+    args = ap.parse_args()
+    rows = []
+    for model in args.models:
+        for precision in args.precisions:
+            art = Path(args.artifacts) / f"{model}-host-{precision}.ssmc"
+            compile_cmd = ["ssmc", "compile", "--model", f"{args.runs}/{model}", "--target", "host",
+                           "--precision", precision, "--out", str(art), "--force"]
+            proc, t_compile = sh(compile_cmd)
+            if proc.returncode != 0:
+                sys.exit(f"failed: {shlex.join(compile_cmd)}\n{proc.stderr}")
+            report = Path(args.out) / art.name.removesuffix(".ssmc")
+            verify_cmd = ["ssmc", "verify", str(art), "--checkpoint", f"{args.runs}/{model}", "--episodes",
+                          str(args.episodes), "--json", "--report", str(report)]
+            proc, t_verify = sh(verify_cmd)
+            if proc.returncode not in (0, 1):
+                sys.exit(f"failed: {shlex.join(verify_cmd)}\n{proc.stderr}")
+            verdict = json.loads(proc.stdout)
+            rows.append({"model": model, "precision": precision, "compile_cmd": shlex.join(compile_cmd),
+                         "verify_cmd": shlex.join(verify_cmd), "compile_s": round(t_compile, 1),
+                         "verify_s": round(t_verify, 1), "verdict": verdict})
+            checks = {c["name"]: c for c in verdict["checks"]}
+            print(f"{model} {precision}: " + ", ".join(f"{k}={'-' if c['passed'] is None else c['passed']}"
+                                                       f"({c['value']})" for k, c in checks.items()), flush=True)
+    with atomic_file(Path(args.out) / "summary.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
