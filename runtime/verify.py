@@ -272,11 +272,13 @@ def plot(v: Verdict, out: Path) -> None:
     if loop is not None:
         ax.axvline(loop["latency_us"]["p50"], color="C0", label=f"C loop p50 {loop['latency_us']['p50']:.0f} µs")
         ax.axvline(loop["latency_us"]["p99"], color="C0", ls="--", label=f"C loop p99 {loop['latency_us']['p99']:.0f} µs")
-    if v.samples_us:
-        ax.hist(v.samples_us, bins=60, color="C1", alpha=0.7, label="binding, during rollouts")
+    budget = f.get("budget", {}).get("step_latency_us")
+    if v.samples_us:  # the bulk, not the rare outlier: clipped at 1.2x the larger of budget and p99.5
+        hi = 1.2 * max(budget or 0.0, float(np.percentile(v.samples_us, 99.5)))
+        ax.hist(np.clip(v.samples_us, 0, hi), bins=60, range=(0, hi), color="C1", alpha=0.7,
+                label="binding, during rollouts (clipped)")
     if lat is not None:
         ax.axvline(lat["p50"], color="C1", label=f"binding p50 {lat['p50']:.0f} µs")
-    budget = f.get("budget", {}).get("step_latency_us")
     if budget:
         ax.axvline(budget, color="red", lw=2, label=f"budget {budget} µs")
     ax.set_xlabel("step latency (µs)")
