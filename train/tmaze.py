@@ -39,7 +39,7 @@ from ssmc.errors import ConfigError
 from ssmc.train.envs import TMAZE_LENGTHS
 
 DEFAULT_K = 10
-ACTION_NOISE = 0.3  # std of the behaviour policies' Gaussian action noise
+ACTION_NOISE = 0.1  # std of the behaviour policies' Gaussian action noise
 TURN = 0.8  # magnitude of a scripted turn before noise
 
 
