@@ -54,15 +54,6 @@ EXTRA = {  # what the trainer writes, with non-trivial statistics so normalisati
 BOUNDS = {"fp32": 1e-5, "fp16": 2e-2, "int8": 1e-1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny ops with two OpenMP threads on a shared 2-core machine stall (test_models.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One small checkpoint per model kind under <tmp>/runs/<kind>."""
