@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from ssmc.artifact import load_manifest
 from ssmc.fsutil import atomic_file
 from ssmc.runtime import runtime_bundle
 
@@ -61,12 +62,14 @@ def main() -> int:
     with atomic_file(out / "soak.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     lat = summary["latency_us"]
+    manifest = load_manifest(args.artifact)
     md = f"""# Runtime soak: flat resident memory
 
 `{' '.join(['python', 'tools/soak.py', args.artifact, '--steps', str(args.steps), '--every', str(args.every)])}`
 
 The C control-loop example (`runtime/c/examples/control_loop.c`, no Python) stepped
-`{summary['model_kind']}` ({summary['precision']}, target `{summary['target']}`) {summary['steps']:,} times
+`{summary['model_kind']}` ({summary['precision']}, target `{summary['target']}`, {manifest.param_count:,} parameters,
+{manifest.state_bytes:,} state bytes, {manifest.obs_dim} observations) {summary['steps']:,} times
 back to back in {wall:.0f} s, sampling its resident memory (`/proc/self/statm`) every {args.every:,} steps.
 
 | | value |
