@@ -8,10 +8,15 @@
                     and produces fp32; everything else (norms, exp/softplus, the SSM state, A, Δ) stays fp32
     int8-matmuls    int8 only: ``x @ float(W_int8)`` becomes one mixed-dtype matmul reading the int8
                     weight directly, so no fp32 copy of the weight exists, at compile time or run time
+    fast-exp        CPU only: ``exp`` as a vectorisable polynomial (``tuning.fast_exp_te``) instead of one
+                    libm call per element (the SSM's exp(Δ·A): d_inner x d_state per token and layer)
     legalize        high-level ops -> TIR functions (``LegalizeOps``), op patterns annotated for fusion
     fold-constants  ``FoldConstant``: weight transposes, normalisation constants, -exp(A_log) precomputed
     fuse            ``FuseOps`` + ``FuseTIR``: elementwise chains merged into their producers
     gpu-schedule    CUDA only: DLight default GPU schedules (thread bindings; without them no kernels)
+    cpu-schedule    CPU only: every fused kernel scheduled by ``tuning.py``'s rules (intermediates inlined,
+                    batch-1 matmuls as register-blocked vector FMAs over the (K, N) weight, reductions
+                    vectorised with rfactor, elementwise loops vectorised); deterministic, no tuning run
     lower           dataflow lowering, static memory planning, VM builtins, shape lowering
     build           TIR -> machine code for the target; a Relax VM executable (``relax.build``)
 
@@ -19,7 +24,9 @@
 ``DIR/NN-name.py`` (TVMScript; constants shown as metadata references) and the executable's
 statistics after ``build``. This is the pipeline of ``relax.get_default_pipeline`` (library
 dispatch, legalize, fold, fuse, dataflow lowering, finalisation) with the precision stages added;
-``tvm.compile(mod, "llvm")`` alone would skip fusion on CPU (FINDINGS.md).
+``tvm.compile(mod, "llvm")`` alone would skip fusion on CPU (FINDINGS.md). On CPU the default
+pipeline leaves every kernel as LegalizeOps wrote it (naive loops: a 64x256 matmul took 30 µs,
+scheduled 0.7 µs); ``fast-exp`` and ``cpu-schedule`` are ssmc's additions (docs/bench.md, before/after).
 
 Why int8 survives folding: FoldConstant evaluates every expression whose inputs are all constants,
 so ``astype(W_int8, "float32")`` on a constant weight would be folded into an fp32 constant and the
@@ -214,8 +221,12 @@ def _gpu_schedule() -> Callable[[Any], Any]:
     return _sequential(dl.ApplyDefaultSchedule(*(Declining(r) for r in rules), dl.gpu.Fallback()))
 
 
-def stages(target: Target, precision: str) -> list[Stage]:
-    """The named stages between ``import`` and ``build`` for ``target`` at ``precision``."""
+def stages(target: Target, precision: str, schedule: bool = True) -> list[Stage]:
+    """The named stages between ``import`` and ``build`` for ``target`` at ``precision``.
+
+    ``schedule=False`` leaves out ``fast-exp`` and ``cpu-schedule``: TVM's default CPU kernels, the
+    "before" of docs/bench.md (tools/bench/step_latency.py builds both).
+    """
     from tvm import relax
     from tvm.relax import transform as T
 
@@ -227,6 +238,12 @@ def stages(target: Target, precision: str) -> list[Stage]:
     if precision == "int8":
         out.append(Stage("int8-matmuls", "matmuls read the int8 weights directly (nothing left to fold to fp32)",
                          _int8_weight_matmuls))
+    cpu_schedule = schedule and target.device != "cuda"
+    if cpu_schedule:
+        from ssmc.compile.tuning import fast_exp_pass
+
+        out.append(Stage("fast-exp", "exp as a vectorisable polynomial instead of a libm call per element",
+                         fast_exp_pass()))
     out += [
         Stage("legalize", "ops -> TIR functions, fusion patterns annotated",
               _sequential(*relax.backend.cpu_generic.pipeline.library_dispatch_passes(None),
@@ -236,15 +253,21 @@ def stages(target: Target, precision: str) -> list[Stage]:
     ]
     if target.device == "cuda":
         out.append(Stage("gpu-schedule", "DLight default GPU schedules", _gpu_schedule()))
+    elif cpu_schedule:
+        from ssmc.compile.tuning import cpu_schedule_pass, vector_lanes
+
+        lanes = vector_lanes(target.tvm_target())
+        out.append(Stage("cpu-schedule", f"CPU kernel schedules: matmuls and reductions vectorised ({lanes} lanes)",
+                         cpu_schedule_pass(lanes)))
     backend = relax.backend.cuda.pipeline if target.device == "cuda" else relax.backend.cpu_generic.pipeline
     out.append(Stage("lower", "dataflow lowering, memory planning, VM lowering",
                      _sequential(*backend.dataflow_lower_passes(None), *backend.finalize_passes(None))))
     return out
 
 
-def stage_names(target: Target, precision: str) -> list[str]:
+def stage_names(target: Target, precision: str, schedule: bool = True) -> list[str]:
     """Names of every stage run for ``target`` at ``precision``, ``import`` to ``build``."""
-    return ["import", *(s.name for s in stages(target, precision)), "build"]
+    return ["import", *(s.name for s in stages(target, precision, schedule)), "build"]
 
 
 def constant_bytes(mod: Any) -> dict[str, int]:
@@ -273,12 +296,14 @@ def _dump(dump_dir: Path | None, index: int, name: str, mod: Any) -> None:
 
 
 def lower_step(program: torch.export.ExportedProgram, target: Target, precision: str,
-               dump_ir: str | os.PathLike[str] | None = None, progress: Progress | None = None
-               ) -> tuple[tvm.relax.VMExecutable, dict[str, Any]]:
+               dump_ir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+               schedule: bool = True) -> tuple[tvm.relax.VMExecutable, dict[str, Any]]:
     """Run every stage on ``program`` for ``target`` at ``precision``.
 
     Returns the VM executable and a report: ``stage_seconds`` (name -> seconds) and
     ``constant_bytes`` (dtype -> bytes of the constants the library embeds).
+
+    ``schedule=False`` builds with TVM's default CPU kernels (see ``stages``).
 
     The caller sets up the environment device builds need (``ssmc.compile.cuda.cuda_build_env``).
     """
@@ -302,7 +327,7 @@ def lower_step(program: torch.export.ExportedProgram, target: Target, precision:
     mod = timed("import", "torch.export program -> Relax", lambda: import_program(program))
     _dump(dump_dir, 0, "import", mod)
     with tvm_target:
-        for i, stage in enumerate(stages(target, precision), start=1):
+        for i, stage in enumerate(stages(target, precision, schedule), start=1):
             mod = timed(stage.name, stage.what, lambda stage=stage, mod=mod: stage.run(mod))
             _dump(dump_dir, i, stage.name, mod)
         constants = constant_bytes(mod)

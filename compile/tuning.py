@@ -1,0 +1,350 @@
+"""CPU schedules for the step's kernels: what the ``cpu-schedule`` stage of compile/pipeline.py applies.
+
+TVM's default CPU lowering leaves every kernel as the loop nest ``LegalizeOps`` wrote: a batch-1 matmul
+``x (1, K) @ W (K, N)`` reduces over ``k`` innermost for each output ``n``, reading ``W`` down a column
+(stride N) one float at a time. Measured here: a 64x256 matmul took 30 µs that way and 0.7 µs
+scheduled as below; the probe in FINDINGS.md lost ~5x to ONNX Runtime on such matmuls. DLight's CPU
+rules (``dlight.cpu.GEMV``) only handle weights stored (N, K) ("inner reduction"), while the folded
+weights here are (K, N), so they declined every matmul.
+
+The rules are deterministic and need no measurement (no tuning run, no database): they are a
+function of each kernel's loop nest and the target's vector width, so a build is reproducible and
+takes seconds. Per fused PrimFunc (after ``FuseOps``/``FuseTIR``):
+
+1. **inline** every intermediate elementwise block into its consumer (``compute_inline``, or
+   ``reverse_compute_inline`` into a producer): a fused kernel becomes one loop nest per reduction
+   plus one for its output, with no intermediate buffers;
+2. **outer reduction** (``out[.., n] = sum_k x[.., k] * W[k, n]``: the matmuls with a (K, N) weight, fp32,
+   fp16 or int8): the output's last axis ``n`` is split into a register chunk (up to 64 floats, 8 AVX2
+   vectors) and vector lanes; loops are ordered ``chunk, k, lanes`` so each ``k`` broadcasts ``x[k]``
+   and does one vector FMA per 8 outputs on a contiguous row of ``W``; the epilogue (bias, activation,
+   scale) is computed under the chunk loop, vectorised;
+3. **inner reduction** (the reduced axis is the last axis of an input: ``sum_n h[d, n] * C[n]``, norms'
+   means): ``rfactor`` over a lane-wide split of that axis gives a vector of partial sums per output,
+   then one short scalar reduction;
+4. **elementwise** output blocks: the smallest suffix of loops whose extent is a multiple of the vector
+   width is fused and vectorised.
+
+A rule that does not fit a kernel (a schedule primitive raising, an extent that is not a multiple of
+the lanes) leaves that kernel as it was: scheduling never changes what is computed, only loop order,
+vectorisation and where intermediates live, so parity with PyTorch holds (tests/test_compile.py).
+
+``fast_exp`` is the other half: the SSM's ``exp(Δ·A)`` is d_inner x d_state exponentials per token and
+layer (8192 for DeMa), and TVM lowers ``exp`` to a scalar libm call per element. The ``fast-math``
+stage swaps ``relax.exp`` for TVM's ``topi.fast_exp`` (Cephes-style range reduction and a degree-7
+polynomial, about 1e-7 relative error for the arguments a step sees), which is plain arithmetic and
+vectorises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Floats per register chunk of a matmul's outputs (8 AVX2 vectors, 16 NEON vectors).
+CHUNK_FLOATS = 64
+
+
+def vector_lanes(target: Any) -> int:
+    """fp32 lanes of the target's vector registers: 16 with AVX-512, 8 with AVX2 (x86-64-v3), 4 otherwise
+    (SSE, NEON).
+
+    Read from the target's ``mcpu``/``mattr``, not from LLVM: ``llvm_get_vector_width`` answers for the
+    build machine (512 bits here, for an x86-64-v3 target too).
+    """
+    attrs = {str(a).lstrip("+") for a in (target.attrs.get("mattr") or [])}
+    cpu = str(target.attrs.get("mcpu") or "")
+    triple = str(target.attrs.get("mtriple") or "")
+    if not triple.startswith(("x86_64", "i686", "i386")) and cpu not in ("x86-64-v3", "x86-64-v4"):
+        return 4
+    if cpu == "x86-64-v4" or "avx512f" in attrs or cpu.startswith(("skylake-avx512", "icelake", "sapphire")):
+        return 16
+    if cpu == "x86-64-v3" or "avx2" in attrs or cpu.startswith(("haswell", "skylake", "znver")):
+        return 8
+    return 4
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    from tvm import tirx
+
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _vectorize_suffix(sch: Any, block: Any, lanes: int) -> bool:
+    """Fuse the shortest suffix of ``block``'s loops whose extent is a multiple of ``lanes`` and
+    vectorise it in lane-wide pieces. False (nothing changed) when no suffix fits."""
+    loops = sch.get_loops(block)
+    extents = [_extent(sch, lp) for lp in loops]
+    if not loops or any(e is None for e in extents):
+        return False
+    product = 1
+    for start in range(len(loops) - 1, -1, -1):
+        product *= extents[start]
+        if product >= lanes and product % lanes == 0:
+            break
+    else:
+        return False
+    fused = sch.fuse(*loops[start:]) if len(loops) - start > 1 else loops[start]
+    _, inner = sch.split(fused, [None, lanes])
+    sch.vectorize(inner)
+    return True
+
+
+def _block_vars(sch: Any, block: Any) -> tuple[list[Any], list[Any], Any]:
+    """(spatial vars, reduction vars, block) of a block."""
+    from tvm import tirx
+
+    stmt = sch.get(block)
+    spatial = [iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+    return spatial, reduce, stmt
+
+
+def _uses(expr: Any, variables: list[Any]) -> bool:
+    """Whether ``expr`` mentions any of ``variables``."""
+    from tvm.tirx.analysis import undefined_vars
+
+    return any(u.same_as(v) for u in undefined_vars(expr) for v in variables)
+
+
+def _loop_of(sch: Any, block: Any, var: Any) -> Any | None:
+    """The loop a block iter var is bound to (one loop var, as LegalizeOps writes them)."""
+    from tvm import tirx
+    from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
+
+    realize = get_sblockrealize(sch, block)
+    binding = dict(zip((iv.var for iv in realize.block.iter_vars), realize.iter_values, strict=True))
+    value = next(v for k, v in binding.items() if k.same_as(var))
+    for lp in sch.get_loops(block):
+        if isinstance(value, tirx.Var) and value.same_as(sch.get(lp).loop_var):
+            return lp
+    return None
+
+
+def _reduction_kind(sch: Any, block: Any) -> str | None:
+    """``outer`` when the block's largest input runs along the output's last axis (a (K, N) weight),
+    ``inner`` when it runs along a reduced axis (``sum_n h[d, n] * C[n]``), else None."""
+    import math
+
+    from tvm import tirx
+
+    spatial, reduce, stmt = _block_vars(sch, block)
+    if not reduce or len(stmt.writes) != 1 or not stmt.reads:
+        return None
+
+    def size(region: Any) -> int:
+        shape = region.source.ty.shape
+        return math.prod(int(d) for d in shape) if all(isinstance(d, tirx.IntImm) for d in shape) else 0
+
+    largest = max(stmt.reads, key=size).region[-1].min
+    if _uses(largest, reduce):
+        return "inner"
+    out_last = stmt.writes[0].region[-1].min
+    if spatial and isinstance(out_last, tirx.Var) and out_last.same_as(spatial[-1]) and _uses(largest, spatial[-1:]):
+        return "outer"
+    return None
+
+
+def _schedule_outer_reduction(sch: Any, block: Any, lanes: int, consumers: list[Any], done: set[str]) -> Any:
+    """Rule 2 (module docstring) on a copy of ``sch``: the new schedule, or None when it does not fit.
+    Consumers moved under the matmul's chunk loop are added to ``done`` (by block name)."""
+    if _reduction_kind(sch, block) != "outer":
+        return None
+    sch = sch.copy()
+    spatial, reduce, _ = _block_vars(sch, block)
+    loops = sch.get_loops(block)
+    n_loop = _loop_of(sch, block, spatial[-1])
+    r_loops = [_loop_of(sch, block, r) for r in reduce]
+    if n_loop is None or any(lp is None for lp in r_loops):
+        return None
+    n = _extent(sch, n_loop)
+    while n is not None and lanes > 4 and n % lanes:
+        lanes //= 2  # e.g. x_proj's 132 outputs: 4-wide vectors
+    if n is None or n % lanes:
+        return None
+    chunk = max(c for c in range(lanes, min(n, CHUNK_FLOATS) + 1, lanes) if n % c == 0)
+    others = [lp for lp in loops if not any(sch.get(lp).same_as(sch.get(x)) for x in [n_loop, *r_loops])]
+    outer, inner = sch.split(n_loop, [None, chunk])
+    unrolled, vec = sch.split(inner, [None, lanes])
+    sch.reorder(*others, outer, *r_loops, unrolled, vec)
+    sch.vectorize(vec)
+    sch.unroll(unrolled)
+    sch.decompose_reduction(block, r_loops[0])
+    for consumer in consumers:  # the epilogue (bias, activation, scale) per chunk, while it is in cache
+        trial = sch.copy()
+        try:
+            trial.reverse_compute_at(consumer, outer)
+            _vectorize_suffix(trial, consumer, lanes)
+        except Exception:  # a consumer that does not follow the chunk: left to rule 4
+            continue
+        sch = trial
+        done.add(sch.get(consumer).name_hint)
+    return sch
+
+
+def _schedule_inner_reduction(sch: Any, block: Any, lanes: int, _consumers: list[Any], _done: set[str]) -> Any:
+    """Rule 3 (module docstring) on a copy of ``sch``: lane-wide partial sums with ``rfactor``."""
+    if _reduction_kind(sch, block) != "inner":
+        return None
+    sch = sch.copy()
+    _, reduce, stmt = _block_vars(sch, block)
+    r_loop = _loop_of(sch, block, reduce[-1])
+    loops = sch.get_loops(block)
+    if r_loop is None or not sch.get(loops[-1]).same_as(sch.get(r_loop)):
+        return None
+    extent = _extent(sch, r_loop)
+    if extent is None or extent % lanes or extent == lanes:
+        return None
+    _, inner = sch.split(r_loop, [None, lanes])
+    rf = sch.rfactor(inner, factor_axis=len(stmt.writes[0].region))
+    rf_loops = sch.get_loops(rf)
+    sch.vectorize(rf_loops[-1])
+    sch.decompose_reduction(rf, rf_loops[-2])
+    return sch
+
+
+def _inline_elementwise(sch: Any, infos: list[Any]) -> list[Any]:
+    """Rule 1: ``compute_inline`` every elementwise block that feeds another block; the rest, in order.
+
+    Only producers are inlined into their consumers: ``reverse_compute_inline`` of a bias add into a
+    matmul whose reduction has extent 1 (normalised away) computed the bias twice in TVM 0.27.
+    """
+    remaining = list(infos)
+    progress = True
+    while progress:
+        progress = False
+        for info in remaining:
+            if not info.is_injective():
+                continue
+            try:
+                sch.compute_inline(info.block_rv)
+            except Exception:  # an output block, or one that cannot be inlined
+                continue
+            remaining.remove(info)
+            progress = True
+            break
+    return remaining
+
+
+def schedule_prim_func(func: Any, lanes: int) -> Any | None:
+    """``func`` scheduled by the rules of this module, or None when no rule changed it."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    before = len(infos)
+    infos = _inline_elementwise(sch, infos)
+    changed = len(infos) != before
+    done: set[str] = set()
+    for i, info in enumerate(infos):
+        if info.name in done:
+            continue
+        if info.is_reduction():
+            consumers = [b.block_rv for b in infos[i + 1:] if b.is_injective()]
+            for rule in (_schedule_outer_reduction, _schedule_inner_reduction):
+                try:
+                    scheduled = rule(sch, info.block_rv, lanes, consumers, done)
+                except Exception:  # the rule does not fit this kernel after all: try the next
+                    scheduled = None
+                if scheduled is not None:
+                    sch, changed = scheduled, True
+                    break
+        elif info.is_injective():
+            trial = sch.copy()
+            try:
+                if _vectorize_suffix(trial, info.block_rv, lanes):
+                    sch, changed = trial, True
+            except Exception:  # a loop nest the vectoriser refuses: left as it was
+                pass
+    return sch.mod["main"] if changed else None
+
+
+def cpu_schedule_pass(lanes: int) -> Any:
+    """A module pass applying ``schedule_prim_func`` to every unscheduled PrimFunc."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="SsmcCpuSchedule")
+    def apply(mod: Any, _ctx: Any) -> Any:
+        updates = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or func.attrs and func.attrs.get("tirx.is_scheduled"):
+                continue
+            scheduled = schedule_prim_func(func, lanes)
+            if scheduled is not None:
+                updates[gv] = scheduled.with_attr("tirx.is_scheduled", True)
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return apply
+
+
+#: Cephes ``expf``: ln 2 split for an exact range reduction, and the minimax polynomial of e^f on
+#: [-ln2/2, ln2/2]; max relative error about 2 ulp in fp32.
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+             5.0000001201e-1)
+#: Arguments are clamped to [_EXP_LO, _EXP_HI] so that 2^n stays a normal float (n in [-126, 127]): below,
+#: exp gives ~1.2e-38 (fp32's smallest normal, e^-87.34) instead of a denormal or 0; above, e^88 = 1.7e38
+#: instead of up to 3.4e38 (fp32's largest). A step's arguments (Δ·A <= 0, softplus inputs) stay far inside.
+_EXP_LO, _EXP_HI = -87.33, 88.0
+
+
+def fast_exp_te(x: Any) -> Any:
+    """``exp`` as arithmetic (TE compute): Cephes range reduction ``x = n ln2 + f``, a degree-7
+    polynomial for ``e^f``, and ``2^n`` built in the exponent bits. Vectorises, unlike the libm call
+    ``exp`` lowers to. ``topi.fast_exp`` is the same polynomial with a one-constant reduction
+    (``f = x - n * ln2``), which loses accuracy as |x| grows; the split constant here does not.
+    """
+    from tvm import te, tirx
+
+    def compute(*index: Any) -> Any:
+        v = x(*index)
+        dtype = x.dtype
+        const = lambda c: tirx.const(c, dtype)  # noqa: E731
+        v = tirx.max(tirx.min(v, const(_EXP_HI)), const(_EXP_LO))
+        n = tirx.floor(v * const(1.4426950408889634) + const(0.5))
+        f = v - n * const(_LN2_HI) - n * const(_LN2_LO)
+        p = const(_EXP_POLY[0])
+        for c in _EXP_POLY[1:]:
+            p = p * f + const(c)
+        y = p * f * f + f + const(1.0)
+        scale = tirx.reinterpret(dtype, (n.astype("int32") + 127) << 23)
+        return y * scale
+
+    return te.compute(x.shape, compute, name="fast_exp", tag="elemwise")
+
+
+def fast_exp_pass() -> Any:
+    """A module pass: every fp32 ``relax.exp`` becomes ``fast_exp_te`` (legalised like any TE op).
+
+    TVM's ``relax.transform.FastMathTransform`` also does this (with ``topi.fast_exp``), but swaps
+    ``tanh`` (the action head) for a rational approximation too; measured here, the two together
+    doubled the compiled step's error against PyTorch (3e-6 -> 7e-6 of the 1e-5 budget).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Exp(PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.exp"
+                    and str(call.ty.dtype) == "float32"):
+                return self.builder_.call_te(fast_exp_te, call.args[0], primfunc_name_hint="fast_exp")
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="SsmcFastExp")
+    def apply(mod: Any, _ctx: Any) -> Any:
+        rewriter = _Exp(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return apply

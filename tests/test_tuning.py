@@ -1,0 +1,193 @@
+"""The CPU schedules of compile/tuning.py: they apply, and they change nothing but speed.
+
+Parity of whole compiled steps with PyTorch (fp32 1e-5) is tests/test_compile.py's job, and it runs the
+scheduled pipeline; here each scheduled kernel is checked against the same kernel as TVM's default
+lowering leaves it, on random inputs, and ``fast_exp_te`` against numpy's exp. No timing: speed is
+measured by tools/bench/step_latency.py (docs/bench.md), never asserted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssmc.compile.export import export_step
+from ssmc.compile.pipeline import import_program, lower_step, stage_names, stages
+from ssmc.compile.quantize import quantize_int8
+from ssmc.compile.tuning import fast_exp_te, schedule_prim_func, vector_lanes
+from ssmc.targets import load_target
+from ssmc.train.models import build_model
+
+OBS, ACT = 5, 2
+SMALL = {  # as tests/test_compile.py: one layer, tiny widths; widths multiple of 8 so the rules engage
+    "dt": {"K": 4, "hidden": 32, "n_layer": 1, "max_ep_len": 50, "dropout": 0.0},
+    "dema": {"K": 4, "embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 8},
+    "dema-rnn": {"embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 8},
+    "dmm": {"K": 4, "hidden": 16, "n_layer": 1, "window": 3, "d_state": 8, "dropout": 0.0},
+}
+EXTRA = {"obs_mean": [0.5, -1.0, 2.0, 0.0, 3.0], "obs_std": [1.5, 0.5, 2.0, 1.0, 4.0], "rtg_scale": 1e-3,
+         "target_return": 3000.0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fused_module(kind: str, precision: str = "fp32"):
+    """The step's module after ``fuse`` (what ``cpu-schedule`` receives) and the host TVM target."""
+    torch.manual_seed(0)
+    model = build_model(kind, OBS, ACT, **SMALL[kind])
+    exported = export_step(model, EXTRA, quantize=quantize_int8 if precision == "int8" else None)
+    target = load_target("host")
+    mod = import_program(exported.program)
+    with target.tvm_target():
+        for stage in stages(target, precision):
+            if stage.name == "cpu-schedule":
+                break
+            mod = stage.run(mod)
+    return mod, target.tvm_target()
+
+
+def _run_kernel(func, target, args: list[np.ndarray]) -> list[np.ndarray]:
+    import tvm
+
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    tensors = [tvm.runtime.tensor(a.copy()) for a in args]
+    lib(*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def _random_args(func, rng: np.random.Generator) -> list[np.ndarray]:
+    out = []
+    for p in func.params:
+        shape, dtype = [int(d) for d in p.shape], str(p.dtype)
+        if dtype.startswith("float"):
+            out.append(rng.uniform(-1.0, 1.0, shape).astype(dtype))
+        elif dtype == "bool":
+            out.append(rng.integers(0, 2, shape).astype(bool))
+        else:
+            out.append(rng.integers(0, 2, shape).astype(dtype))  # in bounds as gather indices
+    return out
+
+
+def test_cpu_stages_are_named_and_only_on_cpu() -> None:
+    for precision in ("fp32", "fp16", "int8"):
+        names = stage_names(load_target("host"), precision)
+        assert names.index("fast-exp") < names.index("legalize")
+        assert names.index("fuse") < names.index("cpu-schedule") < names.index("lower")
+        assert "fast-exp" not in stage_names(load_target("host"), precision, schedule=False)
+        assert "cpu-schedule" not in stage_names(load_target("host"), precision, schedule=False)
+    cuda = stage_names(load_target("jetson-orin"), "fp16")
+    assert "gpu-schedule" in cuda and "cpu-schedule" not in cuda and "fast-exp" not in cuda
+
+
+def test_vector_lanes_follow_the_target_not_the_build_machine() -> None:
+    from tvm.target import Target
+
+    assert vector_lanes(load_target("host").tvm_target()) == 8  # x86-64-v3: AVX2
+    assert vector_lanes(load_target("rpi5").tvm_target()) == 4  # NEON
+    assert vector_lanes(Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"})) == 16
+    assert vector_lanes(Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})) == 4
+
+
+@pytest.mark.parametrize("kind,precision", [("dema-rnn", "fp32"), ("dmm", "int8"), ("dt", "fp32")])
+def test_scheduled_kernels_compute_what_the_default_ones_compute(kind, precision) -> None:
+    from tvm import tirx
+
+    mod, target = _fused_module(kind, precision)
+    lanes = vector_lanes(target)
+    rng = np.random.default_rng(0)
+    scheduled = 0
+    matmuls = []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        new = schedule_prim_func(func, lanes)
+        if "matmul" in gv.name_hint:
+            matmuls.append((gv.name_hint, new))
+        if new is None:
+            continue
+        scheduled += 1
+        assert not tvm_structural_equal(new, func)
+        args = _random_args(func, rng)
+        want, got = _run_kernel(func, target, args), _run_kernel(new, target, args)
+        for w, g in zip(want, got, strict=True):
+            w64, g64 = w.astype(np.float64), g.astype(np.float64)
+            assert np.all(np.isfinite(g64) == np.isfinite(w64)), gv.name_hint
+            scale = max(np.abs(w64[np.isfinite(w64)]).max(initial=0.0), 1e-6)
+            err = np.abs(np.where(np.isfinite(w64), g64 - w64, 0.0)).max(initial=0.0) / scale
+            assert err <= 1e-5, f"{kind} {precision} {gv.name_hint}: {err:.2e}"
+    assert scheduled >= 5, f"only {scheduled} kernels scheduled"
+    # every matmul against a (K, N) weight whose N is a multiple of 4 is rewritten: vectorised FMAs
+    vectorised = [name for name, new in matmuls if new is not None and "T.vectorized" in new.script()]
+    assert vectorised and len(vectorised) >= len(matmuls) // 2, (matmuls, vectorised)
+
+
+def tvm_structural_equal(a, b) -> bool:
+    import tvm_ffi  # TVM 0.27: structural_equal moved from tvm.ir to tvm_ffi
+
+    return bool(tvm_ffi.structural_equal(a, b))
+
+
+def test_schedule_leaves_unfit_kernels_alone() -> None:
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def odd(x: T.Buffer((T.int64(1), T.int64(3)), "float32"), w: T.Buffer((T.int64(3), T.int64(5)), "float32"),
+            y: T.Buffer((T.int64(1), T.int64(5)), "float32")):
+        for i, j, k in T.grid(T.int64(1), T.int64(5), T.int64(3)):
+            with T.sblock("matmul"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    y[vi, vj] = T.float32(0.0)
+                y[vi, vj] = y[vi, vj] + x[vi, vk] * w[vk, vj]
+
+    assert schedule_prim_func(odd, 8) is None  # N = 5: no vector width fits, nothing changes
+
+
+def test_fast_exp_matches_numpy() -> None:
+    import tvm
+    from tvm import te
+
+    x = te.placeholder((4096,), "float32", name="x")
+    y = fast_exp_te(x)
+    func = te.create_prim_func([x, y]).with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=load_target("host").tvm_target())
+    xs = np.concatenate([np.linspace(-87.0, 88.0, 4000), [-1e30, -200.0, -88.0, 0.0, 89.0, 1e30],
+                         np.zeros(90)]).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros_like(xs))
+    lib(tvm.runtime.tensor(xs), out)
+    with np.errstate(over="ignore"):
+        got, want = out.numpy().astype(np.float64), np.exp(xs.astype(np.float64))
+    normal = (xs > -87.0) & (xs <= 88.0)
+    assert np.all(np.isfinite(got))
+    assert np.abs(got[normal] / want[normal] - 1).max() < 5e-7  # a few fp32 ulp
+    assert np.all(got[xs < -87.4] < 1.2e-38)  # flushed to (almost) zero, never negative or NaN
+    assert np.all(got >= 0) and got.max() <= np.exp(88.0) * (1 + 1e-6)  # saturates at e^88
+
+
+def test_default_and_scheduled_builds_agree(tmp_path) -> None:
+    """The benchmark's "before" build (schedule=False) and the shipped one compute the same step."""
+    import tvm
+    from tvm import relax
+
+    torch.manual_seed(0)
+    model = build_model("dema-rnn", OBS, ACT, **SMALL["dema-rnn"])
+    exported = export_step(model, EXTRA)
+    target = load_target("host")
+    args = [np.full((1, OBS), 0.3, np.float32), np.full((1, 1), 2000.0, np.float32)]
+    args += [np.random.default_rng(1).uniform(-1, 1, s.shape).astype(s.dtype) for s in exported.state]
+    outs = []
+    for schedule in (False, True):
+        executable, _ = lower_step(exported.program, target, "fp32", schedule=schedule)
+        path = tmp_path / f"lib-{schedule}.so"
+        executable.export_library(str(path))
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+        outs.append([o.numpy() for o in vm["main"](*(tvm.runtime.tensor(a) for a in args))])
+    for a, b in zip(*outs, strict=True):
+        assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-6)
