@@ -57,8 +57,8 @@ def one_model(model: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True)
-    ap.add_argument("--models", nargs="*", default=["dt", "dema", "dmm"])
-    ap.add_argument("--drift", nargs="*", default=["dema", "dmm"],
+    ap.add_argument("--models", nargs="*", default=["dt", "dema", "dmm", "mambadm"])
+    ap.add_argument("--drift", nargs="*", default=["dema", "dmm", "mambadm"],
                     help="window models also evaluated recurrently (score drift)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--episodes", type=int, default=10)
@@ -129,8 +129,9 @@ def write_markdown(rows: list[dict], args) -> None:
               "medium data came from a stochastic SAC policy with a much wider spread of returns, where return "
               "conditioning pays. Whether DeMa/DMM beat DT is therefore not decided by this dataset: it needs "
               "data with diverse returns (medium-replay, medium-expert, or medium collected with action noise) "
-              "and longer training than this run's budget. Train wall times were measured with two runs "
-              "sharing the machine's two cores.", "",
+              "and longer training than this run's budget. Train wall times were measured on a shared machine, "
+              "two or more jobs on its two cores (DT, DeMa, DMM: two runs side by side; MambaDM: beside four "
+              "to six other jobs): compare them loosely.", "",
               "## Commands", "", "Regenerate everything: `python tools/zoo_results.py --dataset "
               f"{args.dataset} --steps {args.steps} --episodes {args.episodes}`", "", "```"]
     for r in rows:
