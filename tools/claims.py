@@ -12,9 +12,9 @@ objects (``num_params``, ``macs_per_step``, ``state_bytes``), as ``ssmc models``
 
 Cost against context: per-step wall-clock of eager PyTorch ``model.step`` (one thread, batch 1, no grad),
 for window models rebuilt with K timesteps of context and recurrent models (whose step does not depend on
-K) at each K, the fastest and the median of repeated steps after a warm-up: on a shared machine the
-fastest step is the one least disturbed by other jobs, so the plot uses it; the median thread CPU time
-is recorded beside it as a check. The MACs per step at each K
+K) at each K, repeated after a warm-up: the fastest wall-clock step (plotted: on a shared machine, the one
+least disturbed by other jobs), the median wall-clock step, and the median thread CPU time, which time
+spent preempted by other jobs does not inflate (a check on how disturbed the wall-clock times were). The MACs per step at each K
 come from ``macs_per_step``. Compare shapes, not single numbers.
 """
 
@@ -126,7 +126,8 @@ def cost_vs_context(contexts: tuple[int, ...], names: list[str]) -> list[dict[st
 
 
 def _kb(n: int) -> str:
-    return f"{n / 1024:,.0f} KB" if n >= 10 * 1024 else f"{n / 1024:.1f} KB"
+    """Kilobytes of 1000 bytes, as docs/models.md counts them."""
+    return f"{n / 1e3:,.0f} KB" if n >= 10e3 else f"{n / 1e3:.1f} KB"
 
 
 def _series(r: dict[str, Any]) -> str:
@@ -138,7 +139,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(dict.fromkeys(_series(r) for r in data["cost_vs_context"]))
@@ -148,12 +149,13 @@ def plot(data: dict[str, Any], path: Path) -> None:
         style = "--" if rows[0]["semantics"] == "recurrent" else "-"
         ax_t.plot(ks, [r["min_s"] * 1e3 for r in rows], style, marker="o", label=name)
         ax_m.plot(ks, [r["macs_per_step"] / 1e6 for r in rows], style, marker="o", label=name)
-    for ax, title in ((ax_t, "measured: eager PyTorch step, 1 thread (fastest of n, ms)"),
+    for ax, title in ((ax_t, "measured: eager PyTorch step, 1 thread (fastest wall-clock, ms)"),
                       (ax_m, "counted: MACs per control step (millions)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(data["contexts"], [str(k) for k in data["contexts"]])
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("context K (timesteps; 3K tokens)")
@@ -197,10 +199,21 @@ def markdown(data: dict[str, Any], png: Path) -> str:
         lines.append(f"| {r['model']} | {r['semantics']} | {r['K']} | {r['params']:,} | {claimed} | "
                      f"{r['macs_per_step'] / 1e6:.2f} M | {ratio} | {_kb(r['state_bytes'])} | " + " | ".join(libs)
                      + f" | {'—' if err is None else f'{err:.1e}'} |")
+    cost = data["cost_vs_context"]
+    names = list(dict.fromkeys(_series(r) for r in cost))
+    inflation = [r["median_s"] / r["cpu_median_s"] for r in cost]
+    k0, k1 = min(data["contexts"]), max(data["contexts"])
+    at = {(_series(r), r["K"]): r for r in cost}
+    window = [n for n in names if at[n, k0]["semantics"] == "window"]
+    growth = {n: (at[n, k1]["min_s"] / at[n, k0]["min_s"],
+                  at[n, k1]["macs_per_step"] / at[n, k0]["macs_per_step"]) for n in names}
     lines += ["", "What each paper claims (MODELS.md):", ""]
+    dt_params = next((r["params"] for r in data["models"] if r["model"] == "dt"), None)
     for r in data["models"]:
         claim = CLAIMS.get(r["model"])
-        lines.append(f"- **{r['model']}**: " + (claim["text"] if claim else "no claim recorded in tools/claims.py"))
+        share = f" ({100 * r['params'] / dt_params:.1f} % of DT's)" if dt_params else ""
+        lines.append(f"- **{r['model']}**: " + (claim["text"] if claim else "no claim recorded in tools/claims.py")
+                     + f". Here: {r['params']:,} parameters{share}.")
     lines += [
         "",
         "Parameter counts against the papers are explained in [models.md](models.md) (DeMa's default is "
@@ -216,34 +229,38 @@ def markdown(data: dict[str, Any], png: Path) -> str:
         "",
         "Measured: eager PyTorch `model.step`, batch 1, one thread, repeated for about 3 s after a warm-up; "
         "the table gives the fastest wall-clock step (plotted), the median wall-clock step and the median "
-        "thread CPU time. The machine was shared with other jobs, which inflate the wall-clock median "
-        "(time spent preempted) but not the CPU time: compare shapes, not single numbers. Counted: `macs_per_step()` at "
+        "thread CPU time. The machine is shared by several jobs on two cores; time spent preempted inflates "
+        "wall-clock times but not CPU time, and in this run the wall-clock medians were "
+        f"{min(inflation):.2f}-{max(inflation):.2f}x the CPU medians. Compare shapes, not single numbers. Counted: `macs_per_step()` at "
         "that K. Window models are rebuilt with K timesteps of context; recurrent models do not depend on K "
         "(dema-rnn's K is only its training length) and are measured at each K as a check.",
         "",
     ]
-    names = list(dict.fromkeys(_series(r) for r in data["cost_vs_context"]))
+    lines += [f"From K = {k0} to K = {k1} ({k1 // k0}x the context): " + "; ".join(
+        f"{n} time x{growth[n][0]:.1f}, MACs x{growth[n][1]:.1f}" for n in names) + ".", ""]
     lines += ["Milliseconds per step: fastest wall-clock / median wall-clock / median CPU:", "",
               "| K | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for k in data["contexts"]:
-        cells = []
-        for n in names:
-            [r] = [r for r in data["cost_vs_context"] if _series(r) == n and r["K"] == k]
-            cells.append(f"{r['min_s'] * 1e3:.2f} / {r['median_s'] * 1e3:.2f} / {r['cpu_median_s'] * 1e3:.2f}")
+        cells = [f"{at[n, k]['min_s'] * 1e3:.2f} / {at[n, k]['median_s'] * 1e3:.2f} / "
+                 f"{at[n, k]['cpu_median_s'] * 1e3:.2f}" for n in names]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "Millions of MACs per step:", "", "| K | " + " | ".join(names) + " |",
               "|---:|" + "---:|" * len(names)]
     for k in data["contexts"]:
-        cells = [f"{r['macs_per_step'] / 1e6:.2f}" for n in names for r in data["cost_vs_context"]
-                 if _series(r) == n and r["K"] == k]
+        cells = [f"{at[n, k]['macs_per_step'] / 1e6:.2f}" for n in names]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     v = data["versions"]
+    compile_s = sum(a["compile_s"] for r in data["models"] for a in r["artifacts"].values())
     lines += [
         "",
-        "Eager PyTorch runs a Mamba window as a sequential scan (one small kernel per token), so its time grows "
-        "linearly with K from a high per-token cost; DT's attention adds a term in K² to a linear one, "
-        "visible in the counted MACs at large K. The compiled steps (docs/compile.md) were not swept over K: "
-        "compiling a window model unrolls its scan over 3K tokens, and compile time grows with it.",
+        "Fastest window model in eager PyTorch at each K: " + ", ".join(
+            f"K {k}: {min(window, key=lambda n: at[n, k]['min_s'])}" for k in data["contexts"]) + ". "
+        "Eager PyTorch runs a Mamba window as a sequential scan, a few small kernels per token and layer, "
+        "while DT's attention and MLP are a few large matrix products, so in eager mode the MAC count "
+        "predicts little at these sizes; the counted MACs are the hardware-independent measure (DT's "
+        "attention adds a term in K² to a linear one). Recurrent steps stay flat whatever the context. The "
+        "compiled steps (docs/compile.md) were not swept over K: compiling a window model unrolls its scan "
+        "over 3K tokens, and compile time grows with it.",
         "",
         "## Reproduce",
         "",
@@ -251,8 +268,9 @@ def markdown(data: dict[str, Any], png: Path) -> str:
         "python tools/claims.py",
         "```",
         "",
-        f"Data: [claims.json](claims.json) (commit {data['commit']}, torch {v['torch']}, TVM {v['tvm']}, "
-        f"Python {v['python']}); wall time {data['wall_s'] / 60:.0f} min.",
+        f"Data: [claims.json](claims.json) (sizes from checkout {data['sizes_commit']}, cost sweep from "
+        f"{data['cost_commit']}; torch {v['torch']}, TVM {v['tvm']}, Python {v['python']}); the compiles took {compile_s / 60:.0f} min, the cost sweep "
+        f"{data['cost_wall_s'] / 60:.0f} min.",
         "",
     ]
     return "\n".join(lines)
@@ -265,24 +283,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     ap.add_argument("--from-json", action="store_true", help="re-render from the saved .json only")
+    ap.add_argument("--only", choices=["sizes", "cost"], default=None,
+                    help="measure only this part again; keep the other from the saved .json")
     args = ap.parse_args(argv)
     json_path, png = args.out.with_suffix(".json"), args.out.parent / "cost-vs-context.png"
     if args.from_json:
         data = json.loads(json_path.read_text())
     else:
         torch.set_num_threads(1)
-        t0 = time.perf_counter()
         precisions = tuple(args.precisions.split(","))
         contexts = tuple(int(k) for k in args.contexts.split(","))
         names = list(MODELS) if args.models is None else args.models.split(",")
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        data = {"env": "Hopper-v5", "obs_dim": HOPPER_DIMS[0], "act_dim": HOPPER_DIMS[1], "target": "host",
-                "precisions": list(precisions), "contexts": list(contexts), "commit": commit or None,
-                "versions": default_versions()}
-        data["cost_vs_context"] = cost_vs_context(contexts, names)
-        with tempfile.TemporaryDirectory(prefix="ssmc-claims-") as tmp:
-            data["models"] = [sizes(name, Path(tmp), precisions) for name in names]
-        data["wall_s"] = round(time.perf_counter() - t0, 1)
+        # the checkout each part was measured from ("-dirty": with uncommitted changes, e.g. others' work)
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                text=True).stdout.strip() or None
+        data = json.loads(json_path.read_text()) if args.only else {}
+        data.update({"env": "Hopper-v5", "obs_dim": HOPPER_DIMS[0], "act_dim": HOPPER_DIMS[1], "target": "host",
+                     "versions": default_versions()})
+        if args.only != "sizes":
+            t0 = time.perf_counter()
+            data["contexts"], data["cost_vs_context"] = list(contexts), cost_vs_context(contexts, names)
+            data["cost_wall_s"], data["cost_commit"] = round(time.perf_counter() - t0, 1), commit
+        if args.only != "cost":
+            with tempfile.TemporaryDirectory(prefix="ssmc-claims-") as tmp:
+                data["precisions"], data["models"] = list(precisions), [sizes(n, Path(tmp), precisions) for n in names]
+            data["sizes_commit"] = commit
         with atomic_file(json_path) as tmp:
             tmp.write_text(json.dumps(data, indent=1) + "\n")
     plot(data, png)
