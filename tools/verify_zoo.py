@@ -2,7 +2,7 @@
 checkpoint with the real CLI; writes docs/verify/<artifact>/verify.{json,md,png} and docs/runtime.md's
 results table source, docs/verify/summary.json.
 
-    python tools/verify_zoo.py --runs runs/zoo --models dema dmm --episodes 10
+    python tools/verify_zoo.py --runs runs/zoo --models dema dmm mambadm dmh --episodes 10
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def main() -> int:
             checks = {c["name"]: c for c in verdict["checks"]}
             print(f"{model} {precision}: " + ", ".join(f"{k}={'-' if c['passed'] is None else c['passed']}"
                                                        f"({c['value']})" for k, c in checks.items()), flush=True)
-    with atomic_file(Path(args.out) / "summary.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=1))
+            with atomic_file(Path(args.out) / "summary.json") as tmp:  # after every row: partial runs keep theirs
+                tmp.write_text(json.dumps(rows, indent=1))
     return 0
 
 
