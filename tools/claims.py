@@ -12,9 +12,10 @@ objects (``num_params``, ``macs_per_step``, ``state_bytes``), as ``ssmc models``
 
 Cost against context: per-step wall-clock of eager PyTorch ``model.step`` (one thread, batch 1, no grad),
 for window models rebuilt with K timesteps of context and recurrent models (whose step does not depend on
-K) at each K, repeated after a warm-up: the fastest wall-clock step (plotted: on a shared machine, the one
-least disturbed by other jobs), the median wall-clock step, and the median thread CPU time, which time
-spent preempted by other jobs does not inflate (a check on how disturbed the wall-clock times were). The MACs per step at each K
+K) at each K, repeated after a warm-up: the median thread CPU time (plotted), and the fastest and median
+wall-clock times. For a one-thread step the CPU time is the wall-clock time of an idle machine; on this
+shared machine the wall-clock times also count time spent preempted by other jobs, which varied from run
+to run by several times, while the CPU times did not. The MACs per step at each K
 come from ``macs_per_step``. Compare shapes, not single numbers.
 """
 
@@ -147,9 +148,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
         rows = [r for r in data["cost_vs_context"] if _series(r) == name]
         ks = [r["K"] for r in rows]
         style = "--" if rows[0]["semantics"] == "recurrent" else "-"
-        ax_t.plot(ks, [r["min_s"] * 1e3 for r in rows], style, marker="o", label=name)
+        ax_t.plot(ks, [r["cpu_median_s"] * 1e3 for r in rows], style, marker="o", label=name)
         ax_m.plot(ks, [r["macs_per_step"] / 1e6 for r in rows], style, marker="o", label=name)
-    for ax, title in ((ax_t, "measured: eager PyTorch step, 1 thread (fastest wall-clock, ms)"),
+    for ax, title in ((ax_t, "measured: eager PyTorch step, 1 thread (median CPU time, ms)"),
                       (ax_m, "counted: MACs per control step (millions)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -205,7 +206,7 @@ def markdown(data: dict[str, Any], png: Path) -> str:
     k0, k1 = min(data["contexts"]), max(data["contexts"])
     at = {(_series(r), r["K"]): r for r in cost}
     window = [n for n in names if at[n, k0]["semantics"] == "window"]
-    growth = {n: (at[n, k1]["min_s"] / at[n, k0]["min_s"],
+    growth = {n: (at[n, k1]["cpu_median_s"] / at[n, k0]["cpu_median_s"],
                   at[n, k1]["macs_per_step"] / at[n, k0]["macs_per_step"]) for n in names}
     lines += ["", "What each paper claims (MODELS.md):", ""]
     dt_params = next((r["params"] for r in data["models"] if r["model"] == "dt"), None)
@@ -228,21 +229,23 @@ def markdown(data: dict[str, Any], png: Path) -> str:
         f"![cost vs context]({png.name})",
         "",
         "Measured: eager PyTorch `model.step`, batch 1, one thread, repeated for about 3 s after a warm-up; "
-        "the table gives the fastest wall-clock step (plotted), the median wall-clock step and the median "
-        "thread CPU time. The machine is shared by several jobs on two cores; time spent preempted inflates "
-        "wall-clock times but not CPU time, and in this run the wall-clock medians were "
-        f"{min(inflation):.2f}-{max(inflation):.2f}x the CPU medians. Compare shapes, not single numbers. Counted: `macs_per_step()` at "
+        "the table gives the median thread CPU time (plotted), the fastest and the median wall-clock step. "
+        "For a one-thread step the CPU time is what an idle machine's wall clock would show; this machine is "
+        "shared by several jobs on two cores, and time spent preempted inflates the wall-clock times (in "
+        f"this run the wall-clock medians were {min(inflation):.1f}-{max(inflation):.1f}x the CPU medians) "
+        "but not the CPU time, so the plot uses the CPU time. Compare "
+        "shapes, not single numbers. Counted: `macs_per_step()` at "
         "that K. Window models are rebuilt with K timesteps of context; recurrent models do not depend on K "
         "(dema-rnn's K is only its training length) and are measured at each K as a check.",
         "",
     ]
     lines += [f"From K = {k0} to K = {k1} ({k1 // k0}x the context): " + "; ".join(
-        f"{n} time x{growth[n][0]:.1f}, MACs x{growth[n][1]:.1f}" for n in names) + ".", ""]
-    lines += ["Milliseconds per step: fastest wall-clock / median wall-clock / median CPU:", "",
+        f"{n} CPU time x{growth[n][0]:.1f}, MACs x{growth[n][1]:.1f}" for n in names) + ".", ""]
+    lines += ["Milliseconds per step: median CPU / fastest wall-clock / median wall-clock:", "",
               "| K | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for k in data["contexts"]:
-        cells = [f"{at[n, k]['min_s'] * 1e3:.2f} / {at[n, k]['median_s'] * 1e3:.2f} / "
-                 f"{at[n, k]['cpu_median_s'] * 1e3:.2f}" for n in names]
+        cells = [f"{at[n, k]['cpu_median_s'] * 1e3:.2f} / {at[n, k]['min_s'] * 1e3:.2f} / "
+                 f"{at[n, k]['median_s'] * 1e3:.2f}" for n in names]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "Millions of MACs per step:", "", "| K | " + " | ".join(names) + " |",
               "|---:|" + "---:|" * len(names)]
@@ -254,7 +257,7 @@ def markdown(data: dict[str, Any], png: Path) -> str:
     lines += [
         "",
         "Fastest window model in eager PyTorch at each K: " + ", ".join(
-            f"K {k}: {min(window, key=lambda n: at[n, k]['min_s'])}" for k in data["contexts"]) + ". "
+            f"K {k}: {min(window, key=lambda n: at[n, k]['cpu_median_s'])}" for k in data["contexts"]) + ". "
         "Eager PyTorch runs a Mamba window as a sequential scan, a few small kernels per token and layer, "
         "while DT's attention and MLP are a few large matrix products, so in eager mode the MAC count "
         "predicts little at these sizes; the counted MACs are the hardware-independent measure (DT's "
