@@ -144,12 +144,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     labels = {"dmh": f"DM-H (c = {CONTEXT})", "dema-rnn": "DeMa-RNN (recurrent)", "dt": f"DT (K = {CONTEXT})"}
+    styles = {"dmh": ("o-", 0.96, 9), "dema-rnn": ("s--", 1.0, 6), "dt": ("^-", 1.04, 6)}  # offsets: no overlap
     for model, label in labels.items():
         pts = sorted((r["k"], r["success"]) for r in rows if r["model"] == model)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+        fmt, shift, size = styles[model]
+        ax.plot([p[0] * shift for p in pts], [p[1] for p in pts], fmt, ms=size, label=label)
     ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
     ax.axvline(CONTEXT - 1, color="grey", ls="--", lw=1)
     ax.set_xscale("log", base=2)
+    ks = sorted({r["k"] for r in rows})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("memory length k (steps from cue to junction)")
     ax.set_ylabel("success rate")
     ax.set_ylim(0, 1.05)
