@@ -131,7 +131,10 @@ def write_markdown(rows: list[dict], args) -> None:
               "data with diverse returns (medium-replay, medium-expert, or medium collected with action noise) "
               "and longer training than this run's budget. Train wall times were measured on a shared machine, "
               "two or more jobs on its two cores (DT, DeMa, DMM: two runs side by side; MambaDM: beside four "
-              "to six other jobs): compare them loosely.", "",
+              "to six other jobs; DM-H: beside four to eight): compare them loosely. DM-H trains with its own "
+              "defaults (a segment of K = 20 steps = one sub-goal block of c = 20, after up to 100 steps of long "
+              "context: two past trajectories of at most 50 steps and the episode so far) and runs recurrently "
+              "over the whole episode, which is longer than the context it trained on.", "",
               "## Commands", "", "Regenerate everything: `python tools/zoo_results.py --dataset "
               f"{args.dataset} --steps {args.steps} --episodes {args.episodes}`", "", "```"]
     for r in rows:
