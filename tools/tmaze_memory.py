@@ -205,6 +205,12 @@ def write_markdown(result: dict, args) -> None:
         ok = [r["k"] for r in rows if r["model"] == model and r["success"] >= 0.9]
         solved.append(f"{model} up to k = {max(ok)}" if ok else f"{model} at no k")
     lines += ["", "Solved (success ≥ 0.9): " + "; ".join(solved) + "."]
+    most = max(r["steps"] for r in rows)
+    for k in ks:
+        recurrent = [r for r in rows if r["k"] == k and r["model"] != "dt"]
+        if recurrent and all(r["success"] < 0.9 for r in recurrent) and recurrent[0]["steps"] < most:
+            lines.append(f"At k = {k} the recurrent models trained {recurrent[0]['steps']} steps, fewer than the {most} the "
+                         "longest solved k needed (see the earlier runs below): under-trained, not shown unable.")
     up = cue_up_fraction(args.episodes)
     lines += ["", f"Success rate over the evaluation episodes. The cue is 'up' in {up:.0%} of these episodes, so a "
               f"policy that ignores the cue and always turns one way scores {up:.2f} or {1 - up:.2f}.", ""]
