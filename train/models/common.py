@@ -175,6 +175,36 @@ class PolicyModel(nn.Module):
         return next(self.parameters()).device
 
 
+class RsaWindowPolicy(PolicyModel):
+    """A window model over (R_t, s_t, a_t) tokens (DMM, MambaDM): subclasses provide ``_hidden(observations,
+    actions, rtg) -> (B, 3K, h)`` and ``head``; this class reads a_t from the s_t tokens and keeps the window
+    state (the last K observations, actions and returns-to-go) for ``step``."""
+
+    head: nn.Linear
+
+    def _hidden(self, observations: Tensor, actions: Tensor, rtg: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        x = self._hidden(batch["observations"], batch["actions"], batch["rtg"])
+        return torch.tanh(self.head(x[:, 1::3]))  # a_t from the s_t tokens, (B, K, act_dim)
+
+    def init_state(self, batch_size: int = 1) -> State:
+        c, dev = self.config, self._device()
+        return {
+            "observations": torch.zeros(batch_size, c.K, c.obs_dim, device=dev),
+            "actions": torch.zeros(batch_size, c.K, c.act_dim, device=dev),
+            "rtg": torch.zeros(batch_size, c.K, 1, device=dev),
+        }
+
+    def step(self, state: State, obs: Tensor, rtg: Tensor) -> tuple[Tensor, State]:
+        observations = shift_in(state["observations"], obs)
+        actions = shift_in(state["actions"], torch.zeros_like(state["actions"][:, 0]))
+        rtgs = shift_in(state["rtg"], rtg)
+        action = torch.tanh(self.head(self._hidden(observations, actions, rtgs)[:, -2]))  # newest s_t token
+        return action, {"observations": observations, "actions": replace_last(actions, action), "rtg": rtgs}
+
+
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error over the real (mask 1) steps: pred, target (B, K, act_dim), mask (B, K)."""
     sq = ((pred - target) ** 2).mean(-1)  # (B, K)

@@ -51,14 +51,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmc.train.models.common import (
-    Batch,
     ModelConfig,
     PolicyModel,
+    RsaWindowPolicy,
     State,
     interleave,
     linear_macs,
-    replace_last,
-    shift_in,
 )
 from ssmc.train.models.mamba import Mamba
 
@@ -147,7 +145,7 @@ class GLoMaLayer(nn.Module):
         return self.global_mamba.macs_per_token() + fuse + linear_macs(self.ffn.fc1) + linear_macs(self.ffn.fc2)
 
 
-class MambaDM(PolicyModel):
+class MambaDM(RsaWindowPolicy):
     """MambaDM with window semantics over the last K timesteps (see the module docstring)."""
 
     name = "mambadm"
@@ -185,25 +183,6 @@ class MambaDM(PolicyModel):
         for layer in self.layers:
             x = layer(x)
         return self.ln_f(x)
-
-    def forward(self, batch: Batch) -> Tensor:
-        x = self._hidden(batch["observations"], batch["actions"], batch["rtg"])
-        return torch.tanh(self.head(x[:, 1::3]))  # a_t from the s_t tokens, (B, K, act_dim)
-
-    def init_state(self, batch_size: int = 1) -> State:
-        c, dev = self.config, self._device()
-        return {
-            "observations": torch.zeros(batch_size, c.K, c.obs_dim, device=dev),
-            "actions": torch.zeros(batch_size, c.K, c.act_dim, device=dev),
-            "rtg": torch.zeros(batch_size, c.K, 1, device=dev),
-        }
-
-    def step(self, state: State, obs: Tensor, rtg: Tensor) -> tuple[Tensor, State]:
-        observations = shift_in(state["observations"], obs)
-        actions = shift_in(state["actions"], torch.zeros_like(state["actions"][:, 0]))
-        rtgs = shift_in(state["rtg"], rtg)
-        action = torch.tanh(self.head(self._hidden(observations, actions, rtgs)[:, -2]))  # newest s_t token
-        return action, {"observations": observations, "actions": replace_last(actions, action), "rtg": rtgs}
 
     def _variant(self, semantics: str) -> type[PolicyModel] | None:
         return MambaDMRecurrent if semantics == "recurrent" else None
