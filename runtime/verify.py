@@ -13,7 +13,8 @@ Checks, each with a measured value, a limit and pass/fail (``Verdict``):
 
 Also reported, without a verdict: artifact bytes, state bytes, parameter count against the paper's
 claim for the model kind, and the Python binding's per-step latency during the rollouts.
-Action errors are ``max|runtime - torch| / max|torch|`` over the whole sequence (NaN fails).
+Action errors are ``ssmc.compile.build.max_rel_error`` over the whole sequence stacked into one array
+(``max|runtime - torch| / max|torch|``; NaN fails).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ssmc.artifact import load_manifest, read_reference
+from ssmc.compile.build import max_rel_error
 from ssmc.errors import ConfigError
 from ssmc.fsutil import atomic_file
 from ssmc.runtime.binding import Policy, PolicyError
@@ -81,13 +83,6 @@ class Verdict:
                 **self.facts}
 
 
-def _rel_error(got: list[np.ndarray], want: list[np.ndarray]) -> float:
-    g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if g.shape != w.shape or not np.all(np.isfinite(g)):
-        return float("inf")
-    return float(np.abs(g - w).max(initial=0.0) / max(np.abs(w).max(initial=0.0), 1e-6))
-
-
 def _recorded(path: Path, manifest: Any, tol: float) -> Check:
     if manifest.reference is None:
         return Check("recorded", None, None, tol, "the artifact holds no reference steps")
@@ -96,7 +91,7 @@ def _recorded(path: Path, manifest: Any, tol: float) -> Check:
     with Policy(path) as policy:
         policy.reset(rtg[0])
         got = [policy.act(s.inputs["obs_raw"][0], rtg[i - 1] - rtg[i] if i else 0.0) for i, s in enumerate(steps)]
-    err = _rel_error(got, [s.outputs["action"][0] for s in steps])
+    err = max_rel_error([np.asarray(got)], [np.asarray([s.outputs["action"][0] for s in steps])])
     return Check("recorded", err <= tol, err, tol, f"{len(steps)} PyTorch steps recorded at compile time")
 
 
@@ -111,7 +106,7 @@ def _fresh(path: Path, manifest: Any, torch_policy: Any, tol: float, seed: int) 
         torch_policy.reset(manifest.target_return)
         got = [policy.act(o, r) for o, r in zip(obs, rewards, strict=True)]
         want = [torch_policy.act(o, r) for o, r in zip(obs, rewards, strict=True)]
-    err = _rel_error(got, want)
+    err = max_rel_error([np.asarray(got)], [np.asarray(want)])
     return Check("fresh", err <= tol, err, tol, f"{FRESH_STEPS} steps, random observations around the "
                  f"normalisation statistics, state carried, seed {seed}")
 
