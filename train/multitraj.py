@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ssmc.train.trajectory import episode_bounds, episode_returns, obs_stats
+from ssmc.train.trajectory import batch_fields, episode_bounds, episode_returns, obs_stats
 
 if TYPE_CHECKING:
     import torch
@@ -79,19 +79,9 @@ class MultiTrajSampler:
 
     def _gather(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Batch fields for rows ``idx`` (B, L); index N is padding."""
-        import torch
-
         real = idx < self._n
         prev = np.where(real & (idx > self._row_start[idx]), idx - 1, self._n)
-        return {
-            "observations": torch.from_numpy(self._obs[idx]),
-            "actions": torch.from_numpy(self._act[idx]),
-            "rtg": torch.from_numpy(self._rtg[idx][..., None]),
-            "prev_actions": torch.from_numpy(self._act[prev]),
-            "prev_rtg": torch.from_numpy(self._rtg[prev][..., None]),
-            "timesteps": torch.from_numpy(self._timestep[idx]),
-            "mask": torch.from_numpy(real.astype(np.float32)),
-        }
+        return batch_fields(self._obs, self._act, self._rtg, self._timestep, idx, prev, real)
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         """One batch of ``batch_size`` rows: segment fields, ``history_*`` fields and ``history_length``."""

@@ -153,8 +153,6 @@ class WindowSampler:
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         """One batch of ``batch_size`` windows; shapes in the class docstring."""
-        import torch
-
         n, k = self._n, self.K
         pick = self.rng.integers(0, n, size=batch_size)  # (B,) uniform over transitions
         first = self._row_start[pick][:, None]  # (B,1) first row of each window's episode
@@ -166,13 +164,21 @@ class WindowSampler:
             real = idx >= first
         idx = np.where(real, idx, n)
         prev = np.where(real & (idx > first), idx - 1, n)  # (B,K) previous row, or the zero row
+        return batch_fields(self._obs, self._act, self._rtg, self._timestep, idx, prev, real)
 
-        return {
-            "observations": torch.from_numpy(self._obs[idx]),
-            "actions": torch.from_numpy(self._act[idx]),
-            "rtg": torch.from_numpy(self._rtg[idx][..., None]),
-            "prev_actions": torch.from_numpy(self._act[prev]),
-            "prev_rtg": torch.from_numpy(self._rtg[prev][..., None]),
-            "timesteps": torch.from_numpy(self._timestep[idx]),
-            "mask": torch.from_numpy(real.astype(np.float32)),
-        }
+
+def batch_fields(obs: np.ndarray, act: np.ndarray, rtg: np.ndarray, timestep: np.ndarray, idx: np.ndarray,
+                 prev: np.ndarray, real: np.ndarray) -> dict[str, torch.Tensor]:
+    """The batch contract's per-step fields (module docstring) for rows ``idx``, their previous rows ``prev``
+    and the ``real`` mask. The arrays are a dataset's rows with one zero row appended, which padding indexes."""
+    import torch
+
+    return {
+        "observations": torch.from_numpy(obs[idx]),
+        "actions": torch.from_numpy(act[idx]),
+        "rtg": torch.from_numpy(rtg[idx][..., None]),
+        "prev_actions": torch.from_numpy(act[prev]),
+        "prev_rtg": torch.from_numpy(rtg[prev][..., None]),
+        "timesteps": torch.from_numpy(timestep[idx]),
+        "mask": torch.from_numpy(real.astype(np.float32)),
+    }
