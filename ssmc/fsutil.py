@@ -28,3 +28,19 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_marked_block(path: str | os.PathLike, begin: str, end: str, block: str, default: str = "") -> None:
+    """Atomically replace the text between the ``begin`` and ``end`` markers of ``path`` (markers kept) with
+    ``block``, or append the marked block when the markers are absent (to ``default`` if ``path`` is missing).
+    Generated tables in docs/ live between such markers so the prose around them survives regeneration."""
+    path = Path(path)
+    marked = f"{begin}\n{block}{end}"
+    old = path.read_text(encoding="utf-8") if path.exists() else default
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + marked + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + marked + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(new, encoding="utf-8")

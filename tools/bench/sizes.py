@@ -29,7 +29,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ssmc.fsutil import atomic_file  # noqa: E402
+from ssmc.fsutil import atomic_file, replace_marked_block  # noqa: E402
 
 HOPPER = (11, 3)
 FRESH_EXTRA = {"obs_mean": [0.0] * HOPPER[0], "obs_std": [1.0] * HOPPER[0], "rtg_scale": 1e-3,
@@ -141,19 +141,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_doc(path: Path, text: str) -> None:
-    """Replace the sizes block of ``path`` (between the markers), or append one."""
-    block = f"{DOC_BEGIN}\n{text}{DOC_END}"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    if DOC_BEGIN in old and DOC_END in old:
-        head, rest = old.split(DOC_BEGIN, 1)
-        new = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    with atomic_file(path) as tmp:
-        tmp.write_text(new, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="dema,dmm")
@@ -176,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     text = markdown(result)
     if not args.no_docs:
-        write_doc(args.doc, text)
+        replace_marked_block(args.doc, DOC_BEGIN, DOC_END, text, default="# Benchmarks\n\n")
     print(text)
     return 0
 

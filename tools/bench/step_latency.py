@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ssmc.errors import ConfigError  # noqa: E402
-from ssmc.fsutil import atomic_file  # noqa: E402
+from ssmc.fsutil import atomic_file, replace_marked_block  # noqa: E402
 
 HOPPER = (11, 3)
 DEFAULT_MODELS = ("dema", "dmm", "dt")
@@ -368,19 +368,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_doc(path: Path, text: str) -> None:
-    """Replace the generated block of ``path`` (between the markers), or append one."""
-    block = f"{DOC_BEGIN}\n{text}\n{DOC_END}"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    if DOC_BEGIN in old and DOC_END in old:
-        head, rest = old.split(DOC_BEGIN, 1)
-        new = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    with atomic_file(path) as tmp:
-        tmp.write_text(new, encoding="utf-8")
-
-
 def plot(result: dict[str, Any], path: Path) -> None:
     """Bar chart: p50 per peer and model (log scale), p99 as the whisker."""
     import matplotlib
@@ -446,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     text = markdown(result)
     if not args.no_docs:
-        write_doc(args.doc, text)
+        replace_marked_block(args.doc, DOC_BEGIN, DOC_END, text + "\n", default="# Benchmarks\n\n")
         plot(result, args.png)
     print(text)
     return 0
