@@ -18,7 +18,6 @@
 #include <tvm/ffi/string.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -173,21 +172,16 @@ Buffer AllocBuffer(size_t bytes) {
   return Buffer(static_cast<uint8_t*>(p));
 }
 
-std::string FileSha256(const fs::path& path, uintmax_t* size_out) {
+std::string FileSha256(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) Fail(SSMC_ERR_ARTIFACT, path.filename().string() + ": cannot be read");
   Sha256 sha;
   std::vector<char> chunk(1 << 20);
-  uintmax_t total = 0;
   while (in) {
     in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
     std::streamsize got = in.gcount();
-    if (got > 0) {
-      sha.Update(reinterpret_cast<const uint8_t*>(chunk.data()), static_cast<size_t>(got));
-      total += static_cast<uintmax_t>(got);
-    }
+    if (got > 0) sha.Update(reinterpret_cast<const uint8_t*>(chunk.data()), static_cast<size_t>(got));
   }
-  if (size_out != nullptr) *size_out = total;
   return sha.HexDigest();
 }
 
@@ -360,7 +354,7 @@ Manifest VerifyArtifact(const fs::path& dir) {
                                   std::to_string(want.second) +
                                   (static_cast<int64_t>(size) < want.second ? " (truncated)" : " (grown)"));
     }
-    if (FileSha256(dir / name, nullptr) != want.first) {
+    if (FileSha256(dir / name) != want.first) {
       Fail(SSMC_ERR_ARTIFACT, name + ": sha256 mismatch (the file was modified after compile)");
     }
   }
