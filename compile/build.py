@@ -3,10 +3,11 @@
     from ssmc.compile import compile_checkpoint
     path = compile_checkpoint("runs/hopper-dmm", "rpi5", precision="int8")
 
-The artifact (docs/artifact.md) holds ``lib.so`` (the Relax VM executable for the target, every
-parameter embedded as a constant, so ``params`` is null), ``reference.safetensors`` (8 steps of the
+The artifact (docs/artifact.md) holds ``lib.so`` (``executor: static``, the default on CPU targets: the
+step as native code exporting runtime/c/ssmc_static_abi.h, built by compile/static.py; ``vm``: the Relax
+VM executable for the target; either way every parameter is embedded as a constant, so ``params`` is null), ``reference.safetensors`` (8 steps of the
 unquantised PyTorch step on seeded random raw inputs, state carried) and ``manifest.json``.
-Observation normalisation and return-to-go scaling are inside the graph (``extra.normalisation_in_graph``):
+Observation normalisation and return-to-go scaling are inside the graph (``normalisation_in_graph``):
 the runtime passes raw observations and the raw return-to-go it tracks.
 """
 
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ssmc.artifact import ReferenceStep, reference_bytes, sha256_file, write_artifact
+from ssmc.artifact import EXECUTORS, ReferenceStep, reference_bytes, sha256_file, write_artifact
+from ssmc.compile.static import ENTRY as STATIC_ENTRY
 from ssmc.errors import ConfigError
 from ssmc.targets import Target, check_precision, load_target, missing_cpu_features
 
@@ -56,6 +58,51 @@ def export_library(executable: Any, path: Path, target: Target) -> None:
     from tvm.support import cc
 
     executable.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+
+
+def default_executor(target: Target) -> str:
+    """``static`` on CPU targets (no TVM runtime on the board); ``vm`` on CUDA, which static cannot run yet."""
+    return "vm" if target.device == "cuda" else "static"
+
+
+def check_executor(target: Target, executor: str | None) -> str:
+    """``executor`` validated for ``target`` (None: the default); one-line ConfigError otherwise."""
+    if executor is None:
+        return default_executor(target)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if executor == "static" and target.device != "cpu":
+        raise ConfigError(f"the static executor builds CPU steps only; target {target.name!r} runs on {target.device} "
+                          "(use --executor vm)")
+    return executor
+
+
+def build_static(mod: Any, target: Target, workdir: Path, library: Path, seconds: dict[str, float],
+                 say: Progress, banner: str, dump_ir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The ``static-plan`` and ``static-build`` stages: plan ``mod``'s main, link ``library``. With
+    ``dump_ir`` the plan (JSON: every tensor's place and live range) and the generated C follow the
+    pipeline's own dumps, numbered after them."""
+    import json
+
+    from ssmc.compile.static import build_library, plan_step
+
+    t0 = time.perf_counter()
+    plan = plan_step(mod)
+    seconds["static-plan"] = round(time.perf_counter() - t0, 2)
+    say(f"stage static-plan: {len(plan.calls)} kernel calls, {len(plan.tensors)} tensors placed "
+        f"({seconds['static-plan']:.1f} s)")
+    t0 = time.perf_counter()
+    report = build_library(plan, target, workdir, library, banner, say)
+    seconds["static-build"] = round(time.perf_counter() - t0, 2)
+    say(f"stage static-build: kernels, call sequence and weights linked ({seconds['static-build']:.1f} s)")
+    if dump_ir is not None:
+        n = len(seconds) - 2  # import + the shared stages were dumped as 00 .. n-1
+        tensors = [{"shape": list(t.shape), "dtype": t.dtype, "place": t.place, "slot": t.slot, "offset": t.offset,
+                    "live": [t.first, t.last]} for t in plan.tensors]
+        (Path(dump_ir) / f"{n:02d}-static-plan.json").write_text(
+            json.dumps({**report, "tensors": tensors, "calls": [c.kernel for c in plan.calls]}, indent=1) + "\n")
+        shutil.copyfile(workdir / "ssmc_step.c", Path(dump_ir) / f"{n + 1:02d}-static-build.c")
+    return report
 
 
 def strip_library(path: Path, target: Target) -> bool:
@@ -125,12 +172,24 @@ def run_vm(vm: Any, arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [o.numpy() for o in vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays))]
 
 
-def reference_error(library: Path, steps: list[ReferenceStep], exported: Any) -> float:
+def step_runner(library: Path, results: Any, executor: str) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """One call of a host library's step: (inputs, *state) -> (outputs, *new state), numpy in and out.
+    ``results``: the TensorSpecs of the outputs then the state (what a static step writes)."""
+    if executor == "static":
+        from ssmc.compile.static import StaticLibrary
+
+        return StaticLibrary(library, [(s.shape, s.dtype) for s in results]).step
+    vm = load_vm(library)
+    return lambda arrays: run_vm(vm, arrays)
+
+
+def reference_error(library: Path, steps: list[ReferenceStep], exported: Any, executor: str = "vm") -> float:
     """Run a host library over the reference steps' inputs, carrying its own state; the worst
     ``max_rel_error`` against the recorded PyTorch outputs and state."""
-    vm, state, worst = load_vm(library), exported.init_state(), 0.0
+    run = step_runner(library, (*exported.outputs, *exported.state), executor)
+    state, worst = exported.init_state(), 0.0
     for step in steps:
-        got = run_vm(vm, [step.inputs[s.name] for s in exported.inputs] + list(state))
+        got = run([step.inputs[s.name] for s in exported.inputs] + list(state))
         want = [step.outputs[s.name] for s in exported.outputs] + [step.state_out[s.name] for s in exported.state]
         worst = max(worst, max_rel_error(got, want))
         state = got[1:]
@@ -145,6 +204,7 @@ def compile_checkpoint(
     out: str | os.PathLike[str] | None = None,
     dump_ir: str | os.PathLike[str] | None = None,
     *,
+    executor: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Path:
@@ -157,6 +217,8 @@ def compile_checkpoint(
         mode: ``window`` or ``recurrent`` to override the model's semantics; None keeps them.
         out: artifact directory; default ``artifacts/<model>-<target>-<precision>.ssmc``.
         dump_ir: write the IRModule after each pipeline stage into this directory.
+        executor: ``static`` (native step, no TVM on the target) or ``vm`` (Relax VM); None picks
+            ``default_executor(target)``: static on CPU targets, vm on CUDA.
         overwrite: replace an existing artifact at ``out``.
         progress: called with one line per stage (the CLI prints them on stderr).
 
@@ -173,6 +235,7 @@ def compile_checkpoint(
     say = progress or (lambda _msg: None)
     t_start = time.perf_counter()
     tgt = load_target(target)
+    executor = check_executor(tgt, executor)
     level = check_precision(tgt, precision)
     if level == "emulated":
         say(f"warning: {precision} is emulated on target {tgt.name!r} (no fast {precision} arithmetic): "
@@ -192,21 +255,29 @@ def compile_checkpoint(
     exported = export_step(model, extra, mode, quantize=quantize_int8 if precision == "int8" else None)
     with tempfile.TemporaryDirectory(prefix="ssmc-compile-") as tmp:
         library = Path(tmp) / LIBRARY_NAME
+        arena_bytes, static_report = 0, None
         with cuda_build_env(tgt):
-            executable, report = lower_step(exported.program, tgt, precision, dump_ir=dump_ir, progress=say)
-            export_library(executable, library, tgt)
+            lowered, report = lower_step(exported.program, tgt, precision, dump_ir=dump_ir, progress=say,
+                                         executor=executor)
+            if executor == "static":
+                static_report = build_static(lowered, tgt, Path(tmp), library, report["stage_seconds"], say,
+                                             f"{model.name} {exported.semantics} step, {precision}, target {tgt.name}",
+                                             dump_ir)
+                arena_bytes = static_report["arena_bytes"]
+            else:
+                export_library(lowered, library, tgt)
         stripped = strip_library(library, tgt)
         compiled_extra: dict[str, Any] = {
-            "normalisation_in_graph": True,
             "inputs_are_raw": "obs_raw is the environment's observation and rtg_raw the unscaled return-to-go; "
                               "the graph computes (obs_raw - obs_mean) / obs_std and rtg_raw / rtg_scale",
-            "pipeline": stage_names(tgt, precision),
+            "pipeline": stage_names(tgt, precision, executor=executor),
             "precision_support": level,
             "constant_bytes": report["constant_bytes"],
             "library_stripped": stripped,
-            "checkpoint": {"path": str(ckpt), "model_sha256": sha256_file(ckpt / WEIGHTS_FILE),
-                           "env_id": extra.get("env_id")},
+            "checkpoint": {"path": str(ckpt), "model_sha256": sha256_file(ckpt / WEIGHTS_FILE)},
         }
+        if static_report is not None:
+            compiled_extra["static"] = static_report
         if mode is not None and mode != model.semantics:
             compiled_extra["semantics_override"] = f"{model.semantics} -> {mode}"
         if precision == "int8":
@@ -230,7 +301,7 @@ def compile_checkpoint(
 
         steps = reference_steps(exported, target_return)
         if runs_here(tgt):
-            err = reference_error(library, steps, exported)
+            err = reference_error(library, steps, exported, executor)
             if not np.isfinite(err):
                 raise RuntimeError(f"the compiled {model.name} step returns NaN/inf on the reference inputs")
             compiled_extra["reference_max_rel_error"] = err
@@ -242,7 +313,7 @@ def compile_checkpoint(
             "model_kind": exported.model.name,
             "model_config": exported.model.config.to_dict(),
             "semantics": exported.semantics,
-            "entry": "main",
+            "entry": STATIC_ENTRY if executor == "static" else "main",
             "inputs": list(exported.inputs),
             "outputs": list(exported.outputs),
             "state": list(exported.state),
@@ -252,10 +323,14 @@ def compile_checkpoint(
             "obs_std": std,
             "rtg_scale": 1.0 / rtg_scale,  # the manifest's rtg_scale divides (docs/artifact.md)
             "target_return": target_return,
+            "normalisation_in_graph": True,
+            "env_id": extra.get("env_id"),
             "precision": precision,
             "target": tgt,
             "library": LIBRARY_NAME,
             "params": None,
+            "executor": executor,
+            "arena_bytes": arena_bytes,
             "param_count": exported.model.num_params(),
             "macs_per_step": exported.model.macs_per_step(),
             "reference": "reference.safetensors",
@@ -265,3 +340,56 @@ def compile_checkpoint(
                               overwrite=overwrite)
     say(f"wrote {path} ({sum(f.stat().st_size for f in path.iterdir()):,} bytes)")
     return path
+
+
+def emit_c_source(
+    checkpoint: str | os.PathLike[str],
+    target: str | Target,
+    precision: str = "fp32",
+    mode: str | None = None,
+    out: str | os.PathLike[str] = "ssmc-step-c",
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Write the static step of a checkpoint as a C99 source bundle (``ssmc compile --emit c``).
+
+    The folder holds kernels.c (TVM's C code generator, vectorisation left to the C compiler), the generated
+    call sequence (ssmc_step.c), the weights (ssmc_weights.c), ssmc_step.h, ssmc_kernel_abi.h, a demo driver
+    and a Makefile; it builds with any C99 compiler and libm (``make``, or ``make CC=aarch64-linux-gnu-gcc``).
+    The target chooses the precision support only: the C is the same for every CPU.
+    """
+    from ssmc.compile.export import export_step
+    from ssmc.compile.pipeline import lower_step
+    from ssmc.compile.quantize import quantize_int8
+    from ssmc.compile.static import emit_c_bundle, plan_step
+    from ssmc.train.models import load_checkpoint
+
+    say = progress or (lambda _msg: None)
+    tgt = load_target(target)
+    check_executor(tgt, "static")
+    check_precision(tgt, precision)
+    if mode is not None and mode not in ("window", "recurrent"):
+        raise ConfigError(f"unknown mode {mode!r}; known: window, recurrent")
+    dest = Path(out)
+    if dest.exists() and not overwrite:
+        raise ConfigError(f"{dest} already exists (pass --force to replace it)")
+    model, extra = load_checkpoint(Path(checkpoint))
+    say(f"export: {model.name} step ({mode or model.semantics}), {model.num_params():,} parameters")
+    exported = export_step(model, extra, mode, quantize=quantize_int8 if precision == "int8" else None)
+    mod, _ = lower_step(exported.program, tgt, precision, progress=say, executor="static")
+    plan = plan_step(mod)
+    specs = {"inputs": list(exported.inputs), "state": list(exported.state), "outputs": list(exported.outputs)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        emit_c_bundle(plan, specs, staging, f"{model.name} {exported.semantics} step, {precision}", say)
+        os.chmod(staging, 0o755)
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {dest}: build it with `make -C {dest}`")
+    return dest

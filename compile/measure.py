@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ssmc.artifact import load_manifest
-from ssmc.compile.build import compile_checkpoint, load_vm, max_rel_error, run_vm
+from ssmc.compile.build import compile_checkpoint, max_rel_error, step_runner
 
 STEPS = 200
 
@@ -43,13 +43,13 @@ def compare_with_pytorch(artifact: Path, references: list[Any], steps: int = STE
     from ssmc.compile.export import run_torch
 
     m = load_manifest(artifact)
-    vm = load_vm(artifact / m.library)
+    run = step_runner(artifact / m.library, (*m.outputs, *m.state), m.executor)
     rng = np.random.default_rng(seed)
     zero = [np.zeros(s.shape, s.dtype) for s in m.state]
     state, ref_states, worst = list(zero), [list(zero) for _ in references], [0.0] * len(references)
     for _ in range(steps):
         inputs = random_inputs(m, rng)
-        got = run_vm(vm, inputs + state)
+        got = run(inputs + state)
         if len(got) != 1 + len(m.state):
             raise AssertionError(f"{artifact}: main returned {len(got)} tensors, manifest says {1 + len(m.state)}")
         for i, ref in enumerate(references):
@@ -75,7 +75,6 @@ def _p50_us(fn: Any, n: int = 200) -> float:
 def measure(checkpoint: Path, precision: str, workdir: Path, mode: str | None = None) -> dict[str, Any]:
     """Compile ``checkpoint`` for host at ``precision`` and measure it (see the module docstring)."""
     import torch
-    import tvm
 
     from ssmc.compile.export import StepFunction, run_torch
     from ssmc.train.models import load_checkpoint
@@ -92,9 +91,8 @@ def measure(checkpoint: Path, precision: str, workdir: Path, mode: str | None = 
         model = model.with_semantics(mode)
     ref = StepFunction(model, extra["obs_mean"], extra["obs_std"], extra["rtg_scale"]).eval()
     [err] = compare_with_pytorch(out, [ref])
-    vm, rng = load_vm(out / m.library), np.random.default_rng(2)
+    run, rng = step_runner(out / m.library, (*m.outputs, *m.state), m.executor), np.random.default_rng(2)
     args = random_inputs(m, rng) + [np.zeros(s.shape, s.dtype) for s in m.state]
-    tvm_args = [tvm.runtime.tensor(a) for a in args]
     return {
         "model": m.model_kind, "semantics": m.semantics, "precision": precision,
         "param_count": m.param_count, "macs_per_step": m.macs_per_step, "state_bytes": m.state_bytes,
@@ -102,7 +100,8 @@ def measure(checkpoint: Path, precision: str, workdir: Path, mode: str | None = 
         "library_bytes": m.files[m.library].bytes,
         "artifact_bytes": sum(f.bytes for f in m.files.values()) + (out / "manifest.json").stat().st_size,
         "constant_bytes": m.extra["constant_bytes"],
-        "compiled_step_us_p50": round(_p50_us(lambda: vm["main"](*tvm_args)), 1),
+        "executor": m.executor,
+        "compiled_step_us_p50": round(_p50_us(lambda: run(args)), 1),
         "torch_step_us_p50": round(_p50_us(lambda: run_torch(ref, args[:2], args[2:])), 1),
         "compile_s": round(compile_s, 1),
     }

@@ -17,8 +17,11 @@
     cpu-schedule    CPU only: every fused kernel scheduled by ``tuning.py``'s rules (intermediates inlined,
                     batch-1 matmuls as register-blocked vector FMAs over the (K, N) weight, reductions
                     vectorised with rfactor, elementwise loops vectorised); deterministic, no tuning run
-    lower           dataflow lowering, static memory planning, VM builtins, shape lowering
-    build           TIR -> machine code for the target; a Relax VM executable (``relax.build``)
+    lower           vm only: dataflow lowering, static memory planning, VM builtins, shape lowering
+    build           vm only: TIR -> machine code for the target; a Relax VM executable (``relax.build``)
+    static-plan     static only: every tensor of ``main`` placed at compile time (compile/static.py)
+    static-build    static only: kernels by LLVM, the generated C call sequence, weights as constant
+                    data, linked into a shared object that needs libc and libm alone
 
 ``lower_step`` runs them in order; ``--dump-ir DIR`` writes the module after each stage as
 ``DIR/NN-name.py`` (TVMScript; constants shown as metadata references) and the executable's
@@ -50,7 +53,6 @@ from ssmc.targets import Target
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    import tvm
 
 Progress = Callable[[str], None]
 
@@ -221,11 +223,12 @@ def _gpu_schedule() -> Callable[[Any], Any]:
     return _sequential(dl.ApplyDefaultSchedule(*(Declining(r) for r in rules), dl.gpu.Fallback()))
 
 
-def stages(target: Target, precision: str, schedule: bool = True) -> list[Stage]:
+def stages(target: Target, precision: str, schedule: bool = True, executor: str = "vm") -> list[Stage]:
     """The named stages between ``import`` and ``build`` for ``target`` at ``precision``.
 
     ``schedule=False`` leaves out ``fast-exp`` and ``cpu-schedule``: TVM's default CPU kernels, the
-    "before" of docs/bench.md (tools/bench/step_latency.py builds both).
+    "before" of docs/bench.md (tools/bench/step_latency.py builds both). ``executor="static"`` leaves out
+    ``lower`` (the VM's memory planning and builtins): compile/static.py plans and builds from there.
     """
     from tvm import relax
     from tvm.relax import transform as T
@@ -259,15 +262,22 @@ def stages(target: Target, precision: str, schedule: bool = True) -> list[Stage]
         lanes = vector_lanes(target.tvm_target())
         out.append(Stage("cpu-schedule", f"CPU kernel schedules: matmuls and reductions vectorised ({lanes} lanes)",
                          cpu_schedule_pass(lanes)))
+    if executor == "static":
+        return out
     backend = relax.backend.cuda.pipeline if target.device == "cuda" else relax.backend.cpu_generic.pipeline
     out.append(Stage("lower", "dataflow lowering, memory planning, VM lowering",
                      _sequential(*backend.dataflow_lower_passes(None), *backend.finalize_passes(None))))
     return out
 
 
-def stage_names(target: Target, precision: str, schedule: bool = True) -> list[str]:
+#: What the static executor runs after the shared stages (compile/static.py).
+STATIC_STAGES = ("static-plan", "static-build")
+
+
+def stage_names(target: Target, precision: str, schedule: bool = True, executor: str = "vm") -> list[str]:
     """Names of every stage run for ``target`` at ``precision``, ``import`` to ``build``."""
-    return ["import", *(s.name for s in stages(target, precision, schedule)), "build"]
+    tail = list(STATIC_STAGES) if executor == "static" else ["build"]
+    return ["import", *(s.name for s in stages(target, precision, schedule, executor)), *tail]
 
 
 def constant_bytes(mod: Any) -> dict[str, int]:
@@ -297,11 +307,12 @@ def _dump(dump_dir: Path | None, index: int, name: str, mod: Any) -> None:
 
 def lower_step(program: torch.export.ExportedProgram, target: Target, precision: str,
                dump_ir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
-               schedule: bool = True) -> tuple[tvm.relax.VMExecutable, dict[str, Any]]:
+               schedule: bool = True, executor: str = "vm") -> tuple[Any, dict[str, Any]]:
     """Run every stage on ``program`` for ``target`` at ``precision``.
 
-    Returns the VM executable and a report: ``stage_seconds`` (name -> seconds) and
-    ``constant_bytes`` (dtype -> bytes of the constants the library embeds).
+    Returns the VM executable (``executor="vm"``) or the scheduled IRModule that compile/static.py plans
+    and builds (``"static"``), and a report: ``stage_seconds`` (name -> seconds) and ``constant_bytes``
+    (dtype -> bytes of the constants the library embeds).
 
     ``schedule=False`` builds with TVM's default CPU kernels (see ``stages``).
 
@@ -327,14 +338,17 @@ def lower_step(program: torch.export.ExportedProgram, target: Target, precision:
     mod = timed("import", "torch.export program -> Relax", lambda: import_program(program))
     _dump(dump_dir, 0, "import", mod)
     with tvm_target:
-        for i, stage in enumerate(stages(target, precision, schedule), start=1):
+        for i, stage in enumerate(stages(target, precision, schedule, executor), start=1):
             mod = timed(stage.name, stage.what, lambda stage=stage, mod=mod: stage.run(mod))
             _dump(dump_dir, i, stage.name, mod)
         constants = constant_bytes(mod)
         if precision == "int8" and not constants.get("int8"):
             raise RuntimeError("int8 build holds no int8 constants: the weights were folded to fp32")
+        report = {"stage_seconds": seconds, "constant_bytes": constants}
+        if executor == "static":
+            return mod, report
         executable = timed("build", f"code generation for {target.name}",
                            lambda: relax.build(mod, tvm_target, relax_pipeline=None))
     if dump_dir is not None:
         (dump_dir / f"{i + 1:02d}-build.txt").write_text(executable.stats(), encoding="utf-8")
-    return executable, {"stage_seconds": seconds, "constant_bytes": constants}
+    return executable, report

@@ -29,7 +29,7 @@ def latency_summary(ns: list[int] | np.ndarray) -> dict[str, float]:
 
 def artifact_env(manifest: Any, env_id: str | None) -> str:
     """The environment to run: ``env_id`` or the one the artifact's checkpoint recorded."""
-    recorded = (manifest.extra.get("checkpoint") or {}).get("env_id")
+    recorded = manifest.env_id
     if env_id or recorded:
         return env_id or recorded
     raise ConfigError("the artifact does not record its environment; pass --env")

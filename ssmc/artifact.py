@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DTYPES",
+    "EXECUTORS",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "REFERENCE_NAME",
@@ -67,8 +68,9 @@ __all__ = [
     "write_reference",
 ]
 
-#: The manifest format this ssmc writes and the only one it reads.
-FORMAT_VERSION = 1
+#: The manifest format this ssmc writes and the only one it reads. 2: ``executor``, ``arena_bytes``,
+#: ``normalisation_in_graph`` and ``env_id`` became fields (they were absent or under ``extra`` in 1).
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 REFERENCE_NAME = "reference.safetensors"
 #: Inference semantics (DESIGN.md, Models): re-encode a K-window, or carry recurrent state.
@@ -76,6 +78,9 @@ SEMANTICS: tuple[str, ...] = ("window", "recurrent")
 #: Tensor dtypes a manifest may name (numpy spellings).
 DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+#: How the library runs the step: ``static`` native code (runtime/c/ssmc_static_abi.h; no TVM on the target)
+#: or ``vm``, a Relax VM executable loaded through TVM's runtime (docs/compile.md, Executors).
+EXECUTORS: tuple[str, ...] = ("static", "vm")
 
 _CHUNK = 1 << 20
 
@@ -169,11 +174,15 @@ class Manifest:
     obs_std: tuple[float, ...]
     rtg_scale: float  # return-to-go is divided by this before it enters the model
     target_return: float  # default target return at reset, unscaled
+    normalisation_in_graph: bool  # the library takes raw observations and the raw return-to-go
+    env_id: str | None  # the environment the checkpoint was trained for (None: unknown)
     # how it was compiled
     precision: str  # fp32, fp16, int8
     target: dict[str, Any]  # the full target descriptor (ssmc.targets.Target.to_dict())
     library: str  # file name of the compiled library
     params: str | None  # file name of the parameters, None when embedded in the library
+    executor: str  # "static" (native step, ssmc_static_abi.h) or "vm" (Relax VM executable)
+    arena_bytes: int  # static: scratch bytes one step needs (ssmc_static_arena_bytes()); vm: 0
     # sizes and costs
     param_count: int
     macs_per_step: int
@@ -273,6 +282,11 @@ class Manifest:
         semantics = as_str("semantics")
         if semantics not in SEMANTICS:
             raise bad("semantics", f"{semantics!r} is not one of {', '.join(SEMANTICS)}")
+        executor = as_str("executor")
+        if executor not in EXECUTORS:
+            raise bad("executor", f"{executor!r} is not one of {', '.join(EXECUTORS)}")
+        if not isinstance(d["normalisation_in_graph"], bool):
+            raise bad("normalisation_in_graph", "must be true or false")
         precision = as_str("precision")
         if precision not in PRECISIONS:
             raise bad("precision", f"{precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -296,6 +310,8 @@ class Manifest:
             raise bad("target", str(e)) from e
         if precision not in descriptor.precisions:
             raise bad("precision", f"{precision} is not supported by target {descriptor.name!r}")
+        if executor == "static" and descriptor.device != "cpu":
+            raise bad("executor", f"static steps run on CPUs only, target {descriptor.name!r} is {descriptor.device}")
 
         files_raw = as_dict("files")
         files: dict[str, FileEntry] = {}
@@ -347,10 +363,14 @@ class Manifest:
             obs_std=as_floats("obs_std", obs_dim, positive=True),
             rtg_scale=as_float("rtg_scale", positive=True),
             target_return=as_float("target_return"),
+            normalisation_in_graph=d["normalisation_in_graph"],
+            env_id=as_str("env_id", allow_none=True),
             precision=precision,
             target=target,
             library=library,
             params=params,
+            executor=executor,
+            arena_bytes=as_int("arena_bytes"),
             param_count=as_int("param_count"),
             macs_per_step=as_int("macs_per_step"),
             state_bytes=state_bytes,

@@ -8,8 +8,10 @@ machine; every (model, precision) artifact is compiled once per session and shar
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,9 @@ from conftest import require_tools
 
 from ssmc.artifact import load_manifest, read_reference
 from ssmc.compile import compile_checkpoint, default_artifact_path
-from ssmc.compile.build import load_vm, max_rel_error, run_vm
+from ssmc.compile.build import max_rel_error, step_runner
 from ssmc.compile.cuda import cuda_archs
-from ssmc.compile.export import StepFunction, export_step
+from ssmc.compile.export import StepFunction, export_step, run_torch
 from ssmc.compile.measure import STEPS, compare_with_pytorch
 from ssmc.compile.pipeline import stage_names
 from ssmc.compile.quantize import int8_layers, quantize_int8
@@ -69,13 +71,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def artifacts(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """compile_checkpoint(kind, "host", precision) -> artifact path, compiled on first use."""
     root = tmp_path_factory.mktemp("artifacts")
-    cache: dict[tuple[str, str, str | None], Path] = {}
+    cache: dict[tuple[str, str, str | None, str], Path] = {}
 
-    def get(kind: str, precision: str = "fp32", mode: str | None = None) -> Path:
-        key = (kind, precision, mode)
+    def get(kind: str, precision: str = "fp32", mode: str | None = None, executor: str = "static") -> Path:
+        key = (kind, precision, mode, executor)
         if key not in cache:
-            out = root / f"{kind}-{precision}-{mode}.ssmc"
-            cache[key] = compile_checkpoint(checkpoints[kind], "host", precision, mode, out)
+            out = root / f"{kind}-{precision}-{mode}-{executor}.ssmc"
+            cache[key] = compile_checkpoint(checkpoints[kind], "host", precision, mode, out, executor=executor)
         return cache[key]
 
     return get
@@ -92,15 +94,17 @@ def _torch_step(checkpoint: Path, mode: str | None = None, quantized: bool = Fal
 
 # -- the compiled step equals PyTorch --------------------------------------------------------------
 
+@pytest.mark.parametrize("executor", ["static", "vm"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize("kind", list(SMALL))
-def test_compiled_step_matches_pytorch_over_200_steps(kind, precision, checkpoints, artifacts) -> None:
-    artifact = artifacts(kind, precision)
+def test_compiled_step_matches_pytorch_over_200_steps(kind, precision, executor, checkpoints, artifacts) -> None:
+    artifact = artifacts(kind, precision, executor=executor)
+    assert load_manifest(artifact).executor == executor
     refs = [_torch_step(checkpoints[kind])]
     if precision == "int8":  # the quantised model in PyTorch: the compiler itself must add no error
         refs.append(_torch_step(checkpoints[kind], quantized=True))
     errors = compare_with_pytorch(artifact, refs)
-    print(f"{kind} {precision}: max relative error vs PyTorch fp32 over {STEPS} steps = {errors[0]:.2e}"
+    print(f"{kind} {precision} {executor}: max relative error vs PyTorch fp32 over {STEPS} steps = {errors[0]:.2e}"
           + (f", vs PyTorch int8-dequantised = {errors[1]:.2e}" if len(errors) > 1 else ""))
     assert errors[0] <= BOUNDS[precision], f"{kind} {precision}: {errors[0]:.3g} > {BOUNDS[precision]}"
     if precision == "int8":
@@ -139,10 +143,13 @@ def test_artifact_manifest_describes_the_step(kind, checkpoints, artifacts) -> N
     assert m.param_count == model.num_params() and m.macs_per_step == model.macs_per_step()
     assert m.obs_mean == tuple(EXTRA["obs_mean"]) and m.obs_std == tuple(EXTRA["obs_std"])
     assert m.rtg_scale == 1000.0 and m.target_return == EXTRA["target_return"]  # rtg_raw / rtg_scale
-    assert m.extra["normalisation_in_graph"] is True
+    assert m.normalisation_in_graph is True and m.env_id == EXTRA["env_id"]
     assert m.library == "lib.so" and m.params is None and m.target["name"] == "host"
     assert m.extra["reference_max_rel_error"] <= BOUNDS["fp32"]
-    assert m.extra["pipeline"] == stage_names(load_target("host"), "fp32")
+    assert m.executor == "static" and m.entry == "ssmc_static_step"  # the default on a CPU target
+    assert m.arena_bytes == m.extra["static"]["arena_bytes"] > 0
+    assert m.extra["pipeline"] == stage_names(load_target("host"), "fp32", executor="static")
+    assert m.extra["pipeline"][-2:] == ["static-plan", "static-build"] and "lower" not in m.extra["pipeline"]
 
 
 def test_reference_pairs_are_pytorch_steps_the_library_reproduces(artifacts) -> None:
@@ -150,9 +157,9 @@ def test_reference_pairs_are_pytorch_steps_the_library_reproduces(artifacts) -> 
     m = load_manifest(artifact)
     steps = read_reference(artifact / "reference.safetensors", m)
     assert len(steps) == 8
-    vm = load_vm(artifact / m.library)
+    run = step_runner(artifact / m.library, (*m.outputs, *m.state), m.executor)
     for step in steps:
-        got = run_vm(vm, [step.inputs[s.name] for s in m.inputs] + [step.state_in[s.name] for s in m.state])
+        got = run([step.inputs[s.name] for s in m.inputs] + [step.state_in[s.name] for s in m.state])
         want = [step.outputs["action"]] + [step.state_out[s.name] for s in m.state]
         assert max_rel_error(got, want) <= BOUNDS["fp32"]
     for a, b in zip(steps[:-1], steps[1:], strict=True):  # state carried from one step to the next
@@ -162,12 +169,101 @@ def test_reference_pairs_are_pytorch_steps_the_library_reproduces(artifacts) -> 
 def test_dump_ir_writes_one_numbered_file_per_stage(checkpoints, tmp_path) -> None:
     out = compile_checkpoint(checkpoints["dema-rnn"], "host", "int8", out=tmp_path / "a.ssmc",
                              dump_ir=tmp_path / "ir")
-    names = stage_names(load_target("host"), "int8")
+    names = stage_names(load_target("host"), "int8", executor="static")
     files = sorted(p.name for p in (tmp_path / "ir").iterdir())
     assert [f.split("-", 1)[1].rsplit(".", 1)[0] for f in files] == names
     assert [int(f[:2]) for f in files] == list(range(len(names)))
     assert 'out_dtype="float32"' in (tmp_path / "ir" / files[names.index("int8-matmuls")]).read_text()
+    assert "ssmc_static_step" in (tmp_path / "ir" / files[names.index("static-build")]).read_text()
     assert load_manifest(out).precision == "int8"
+
+
+# -- the static executor ----------------------------------------------------------------------------
+
+def _static_plan(checkpoint: Path, precision: str = "fp32"):
+    from ssmc.compile.pipeline import lower_step
+    from ssmc.compile.static import plan_step
+
+    model, extra = load_checkpoint(checkpoint)
+    exported = export_step(model, extra, quantize=quantize_int8 if precision == "int8" else None)
+    mod, _ = lower_step(exported.program, load_target("host"), precision, executor="static")
+    return plan_step(mod)
+
+
+@pytest.mark.parametrize("kind", ["dema", "dt"])
+def test_static_plan_reuses_the_arena_and_never_overlaps_live_tensors(kind, checkpoints) -> None:
+    plan = _static_plan(checkpoints[kind])
+    arena = [t for t in plan.tensors if t.place == "arena"]
+    assert arena and plan.tensors_bytes < sum(t.nbytes for t in arena)  # memory is reused
+    for i, a in enumerate(arena):
+        assert a.offset % 64 == 0 and a.offset + a.nbytes <= plan.tensors_bytes
+        for b in arena[i + 1:]:
+            live_together = a.first <= b.last and b.first <= a.last
+            disjoint = a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+            assert disjoint or not live_together, (a, b)
+    # every kernel argument is a placed tensor; the result lands in the caller's output slots
+    assert {t.slot for t in plan.tensors if t.place == "out"} | {s for s, _ in plan.copies} == set(range(plan.n_outputs))
+    assert all(0 <= x < len(plan.tensors) for c in plan.calls for x in c.args)
+
+
+def test_static_library_links_libc_and_libm_only(artifacts) -> None:
+    require_tools("readelf")
+    lib = artifacts("dema-rnn") / "lib.so"
+    dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    needed = sorted(line.split("[")[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line)
+    assert all(n.startswith(("libc.so", "libm.so", "ld-linux")) for n in needed), needed  # glibc's loader: TLS
+    symbols = subprocess.run(["readelf", "--dyn-syms", "-W", str(lib)], capture_output=True, text=True).stdout
+    assert "ssmc_static_step" in symbols and "tvm" not in " ".join(needed).lower()
+    assert "TVMFFIEnv" not in symbols  # no call back into a TVM runtime
+
+
+def test_emit_c_bundle_builds_with_cc_alone_and_matches_pytorch(checkpoints, tmp_path) -> None:
+    """The --emit c bundle, built by its Makefile with the host cc and no TVM header or library anywhere on
+    the include or link path, reproduces the PyTorch step over 200 steps carrying its state."""
+    require_tools("cc", "make")
+    out = tmp_path / "dema-c"
+    result = CliRunner().invoke(_cli(), ["compile", "--model", str(checkpoints["dema"]), "--target", "host",
+                                         "--emit", "c", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sources = sorted(p.name for p in out.iterdir())
+    assert {"Makefile", "kernels.c", "ssmc_step.c", "ssmc_step.h", "ssmc_weights.c", "ssmc_kernel_abi.h"} <= set(sources)
+    assert not any("tvm/" in (out / n).read_text() for n in sources if n.endswith((".c", ".h")))
+    env = {"PATH": os.environ["PATH"]}  # no CPATH, C_INCLUDE_PATH or LIBRARY_PATH: cc's own defaults only
+    build = subprocess.run(["make", "-s", "-C", str(out), "CC=cc"], capture_output=True, text=True, env=env)
+    assert build.returncode == 0, build.stderr
+    fn, rng = _torch_step(checkpoints["dema"]), np.random.default_rng(3)
+    model, _ = load_checkpoint(checkpoints["dema"])
+    state = [t.numpy() for t in model.init_state(1).values()]
+    inputs = [[(np.array(EXTRA["obs_mean"]) + np.array(EXTRA["obs_std"]) * rng.standard_normal(OBS))
+               .astype(np.float32)[None], np.array([[3000.0 - 7 * i]], np.float32)] for i in range(200)]
+    run = subprocess.run([str(out / "ssmc_step_demo"), "200"], input=b"".join(o.tobytes() + r.tobytes()
+                         for o, r in inputs), capture_output=True, check=True)
+    record = ACT * 4 + sum(s.nbytes for s in state)
+    assert len(run.stdout) == 200 * record
+    worst = 0.0
+    for i, (obs, rtg) in enumerate(inputs):
+        want = run_torch(fn, [obs, rtg], state)
+        chunk, got, at = run.stdout[i * record:(i + 1) * record], [], 0
+        for w in want:
+            got.append(np.frombuffer(chunk[at:at + w.nbytes], np.float32).reshape(w.shape))
+            at += w.nbytes
+        worst = max(worst, max_rel_error(got, want))
+        state = want[1:]
+    assert worst <= BOUNDS["fp32"], worst
+
+
+def test_executor_choice_and_refusals(checkpoints, tmp_path) -> None:
+    vm = compile_checkpoint(checkpoints["dema-rnn"], "host", out=tmp_path / "vm.ssmc", executor="vm")
+    m = load_manifest(vm)
+    assert m.executor == "vm" and m.entry == "main" and m.arena_bytes == 0
+    assert m.extra["pipeline"][-2:] == ["lower", "build"]
+    with pytest.raises(ConfigError, match="static executor builds CPU steps only"):
+        compile_checkpoint(checkpoints["dema-rnn"], "jetson-orin", out=tmp_path / "j.ssmc", executor="static")
+    with pytest.raises(ConfigError, match="unknown executor"):
+        compile_checkpoint(checkpoints["dema-rnn"], "host", out=tmp_path / "x.ssmc", executor="interpreted")
+    result = CliRunner().invoke(_cli(), ["compile", "--model", str(checkpoints["dema-rnn"]), "--target", "host",
+                                         "--emit", "c", "--executor", "vm", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "cannot be combined with --executor vm" in result.output
 
 
 # -- precision: what the library stores -----------------------------------------------------------

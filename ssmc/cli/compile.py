@@ -33,26 +33,45 @@ def resolve_checkpoint(model: str, workspace: str = "runs") -> Path:
               help="fp16: weights and weight matmuls; int8: weight-only, per output channel. SSM state stays fp32.")
 @click.option("--mode", type=click.Choice(["window", "recurrent"]), default=None,
               help="Override the model's inference semantics (default: the model's own).")
+@click.option("--executor", type=click.Choice(["static", "vm"]), default=None,
+              help="static: the step as native code with a fixed call sequence and one arena, no TVM on the "
+                   "target; vm: a Relax VM executable run through TVM's runtime [default: static on CPU "
+                   "targets, vm on CUDA].")
+@click.option("--emit", type=click.Choice(["artifact", "c"]), default="artifact", show_default=True,
+              help="c: write the static step as a C99 source bundle (C files, header, Makefile; libm only) "
+                   "into --out instead of an artifact, for firmware and RTOS builds.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Artifact directory [default: artifacts/<model>-<target>-<precision>.ssmc].")
+              help="Artifact directory [default: artifacts/<model>-<target>-<precision>.ssmc]; with --emit c "
+                   "the bundle's folder [default: <model>-<target>-<precision>-c].")
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None,
               help="Write the IRModule after each pipeline stage into this directory (NN-stage.py).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at --out.")
 @click.option("--workspace", default="runs", show_default=True, help="Where --model NAME is looked up.")
-def compile_cmd(model: str, target: str, precision: str, mode: str | None, out: str | None, dump_ir: str | None,
-                force: bool, workspace: str) -> None:
+def compile_cmd(model: str, target: str, precision: str, mode: str | None, executor: str | None, emit: str,
+                out: str | None, dump_ir: str | None, force: bool, workspace: str) -> None:
     """Compile a trained policy's per-step function for TARGET into an artifact.
 
     \b
     The artifact (docs/artifact.md) holds the library, manifest.json and PyTorch reference steps;
-    it takes raw observations and the raw return-to-go (normalisation is compiled in).
+    it takes raw observations and the raw return-to-go (normalisation is compiled in). On CPU targets
+    the library is a static step (native code, no TVM runtime needed on the board); --executor vm
+    keeps the Relax VM. --emit c writes C sources instead (docs/compile.md, Executors).
     Progress goes to stderr; the artifact path is printed on stdout.
     """
-    from ssmc.compile import compile_checkpoint
+    from ssmc.compile import compile_checkpoint, emit_c_source
+    from ssmc.errors import ConfigError
 
     checkpoint = resolve_checkpoint(model, workspace)
-    path = compile_checkpoint(checkpoint, target, precision, mode, out, dump_ir, overwrite=force,
-                              progress=lambda msg: click.echo(msg, err=True))
+    say = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    if emit == "c":
+        if executor == "vm":
+            raise ConfigError("--emit c writes the static step; it cannot be combined with --executor vm")
+        name = Path(target).stem if target.endswith(".json") else target
+        path = emit_c_source(checkpoint, target, precision, mode,
+                             out or f"{checkpoint.name}-{name}-{precision}-c", overwrite=force, progress=say)
+    else:
+        path = compile_checkpoint(checkpoint, target, precision, mode, out, dump_ir, executor=executor,
+                                  overwrite=force, progress=say)
     click.echo(str(path))
 
 
