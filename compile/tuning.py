@@ -316,18 +316,21 @@ def fast_exp_te(x: Any) -> Any:
     from tvm import te, tirx
 
     def compute(*index: Any) -> Any:
-        v = x(*index)
         dtype = x.dtype
         const = lambda c: tirx.const(c, dtype)  # noqa: E731
-        v = tirx.max(tirx.min(v, const(_EXP_HI)), const(_EXP_LO))
-        n = tirx.floor(v * const(1.4426950408889634) + const(0.5))
-        f = v - n * const(_LN2_HI) - n * const(_LN2_LO)
+        # v, n and f are let-bound: written as a tree, f appears 8 times in the polynomial and v and n in
+        # every f, and inlined into a fused kernel the tree was evaluated whole (DeMa's SSM update kernels
+        # took ~3x the arithmetic they need); bound once, each is computed once per element
+        v = tirx.Var("exp_v", dtype)
+        n = tirx.Var("exp_n", dtype)
+        f = tirx.Var("exp_f", dtype)
         p = const(_EXP_POLY[0])
         for c in _EXP_POLY[1:]:
             p = p * f + const(c)
-        y = p * f * f + f + const(1.0)
-        scale = tirx.reinterpret(dtype, (n.astype("int32") + 127) << 23)
-        return y * scale
+        y = (p * f * f + f + const(1.0)) * tirx.reinterpret(dtype, (n.astype("int32") + 127) << 23)
+        body = tirx.Let(f, v - n * const(_LN2_HI) - n * const(_LN2_LO), y)
+        body = tirx.Let(n, tirx.floor(v * const(1.4426950408889634) + const(0.5)), body)
+        return tirx.Let(v, tirx.max(tirx.min(x(*index), const(_EXP_HI)), const(_EXP_LO)), body)
 
     return te.compute(x.shape, compute, name="fast_exp", tag="elemwise")
 
