@@ -1,10 +1,13 @@
-"""tools/bench/step_latency.py's pieces on a tiny model: the ONNX Runtime peer agrees with PyTorch, the
-compiled peers agree with PyTorch, interleaved timing fills every peer, the report renders. No timing is
-asserted (speed is measured by the benchmark itself, docs/bench.md)."""
+"""tools/bench/step_latency.py's and tools/bench/static_step.py's pieces on a tiny model: every peer (ONNX
+Runtime, compiled TVM; for static_step the C loop on VM/static artifacts, IREE, ExecuTorch when their
+packages are installed) agrees with PyTorch, interleaved timing fills every peer, the report renders. No
+timing is asserted (speed is measured by the benchmarks themselves, docs/bench.md, docs/static-step.md)."""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,130 @@ def test_peers_agree_with_pytorch_and_get_timed(bench, tmp_path) -> None:
     assert all(len(p.samples_ns) >= 6 for p in peers)
     stats = bench._stats(peers[0].samples_ns)
     assert 0 < stats["p50_us"] <= stats["p99_us"]
+
+
+# ------------------------------------------------------------------ tools/bench/static_step.py (issue 10)
+
+@pytest.fixture(scope="module")
+def static_step():
+    spec = importlib.util.spec_from_file_location("static_step", ROOT / "tools" / "bench" / "static_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny DMM checkpoint, its exported recurrent step and realistic timed inputs (non-zero state)."""
+    from ssmc.train.models import save_checkpoint
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model("dmm", 5, 2, K=4, hidden=16, n_layer=1, window=3, d_state=8, dropout=0.0).eval()
+    work = tmp_path_factory.mktemp("static-step")
+    ckpt = save_checkpoint(model, work / "ckpt", EXTRA)
+    exported = export_step(model, EXTRA, "recurrent")
+    spec = importlib.util.spec_from_file_location("step_latency", ROOT / "tools" / "bench" / "step_latency.py")
+    sl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sl)
+    inputs, state = sl._state_after(exported.reference, 3, np.random.default_rng(0))
+    args_t = [*inputs, *state]
+    with torch.inference_mode():
+        want = [o.numpy().copy() for o in exported.reference(*args_t)]
+    return {"work": work, "ckpt": ckpt, "fn": exported.reference, "args_t": args_t, "want": want}
+
+
+def test_static_step_ssmc_peers_agree_and_time_in_the_c_loop(static_step, tiny) -> None:
+    from ssmc.runtime import runtime_bundle
+
+    bundle = runtime_bundle()
+    executors = ["vm", "static"] if static_step.static_supported() else ["vm"]
+    entries = []
+    for executor in executors:
+        art = tiny["work"] / f"tiny-{executor}.ssmc"
+        static_step.build_ssmc(tiny["ckpt"], "fp32", executor, art, lambda m: None)
+        assert static_step.check_ssmc(art, tiny["fn"]) <= static_step.TOLERANCE
+        entries.append(static_step.Entry("dmm", "fp32", executor, static_step.ssmc_runner(bundle, art)))
+    static_step.time_entries(entries, rounds=2, round_ms=1.0, seed=0, say=lambda m: None)
+    for e in entries:
+        assert len(e.bursts) == 2 and all(b.n >= static_step.MIN_STEPS for b in e.bursts)
+        s = static_step.summarise(e)
+        assert 0 < s["p50_us"] <= s["p99_us"] and s["peak_rss_kb_median"] > 0
+
+
+def test_static_step_iree_and_ort_peers_agree_with_pytorch(static_step, tiny) -> None:
+    pytest.importorskip("iree.turbine.aot")
+    if not shutil.which("iree-benchmark-module") or not shutil.which("iree-run-module"):
+        pytest.skip("IREE's tools are not installed (pip install -e '.[bench]')")
+    args = [a.numpy() for a in tiny["args_t"]]
+    npys, _ = static_step.save_inputs(args, tiny["work"] / "inputs")
+    vmfb, info = static_step.build_iree(tiny["fn"], tiny["args_t"], tiny["work"] / "iree")
+    assert info["vmfb_bytes"] > 0
+    got = static_step.run_iree_once(vmfb, npys, len(tiny["want"]), vmfb.parent)
+    assert max_rel_error(got, tiny["want"]) <= static_step.TOLERANCE
+    iree = static_step.iree_runner(vmfb, npys)(7)
+    assert iree.n == 7 and len(iree.samples_ns) == 7 and iree.p50_us > 0
+    peer, _ = static_step.sl.ort_peer(tiny["fn"], tiny["args_t"], tiny["work"])
+    assert max_rel_error(peer.outputs(), tiny["want"]) <= static_step.TOLERANCE
+    assert static_step.python_runner(peer.call)(5).n == 5
+
+
+def test_static_step_executorch_peer_agrees_with_pytorch(static_step, tiny) -> None:
+    python = static_step.ET_PYTHON
+    if not python.is_file():
+        pytest.skip(f"no ExecuTorch environment at {python} (see tools/bench/static_step.py)")
+    args = [a.numpy() for a in tiny["args_t"]]
+    _, input_dir = static_step.save_inputs(args, tiny["work"] / "et-inputs")
+    runner, version = static_step.build_et_runner(python, tiny["work"])
+    assert version
+    pte = tiny["work"] / "tiny.pte"
+    subprocess.run([str(python), str(ROOT / "tools" / "bench" / "et_export.py"), str(tiny["ckpt"]), "fp32", str(pte)],
+                   check=True, capture_output=True)
+    dump = tiny["work"] / "et-out"
+    dump.mkdir()
+    subprocess.run([str(runner), str(pte), str(input_dir), "--steps", "1", "--dump", str(dump)], check=True,
+                   capture_output=True)
+    got = [np.fromfile(dump / f"out{i}.bin", np.float32).reshape(w.shape) for i, w in enumerate(tiny["want"])]
+    assert max_rel_error(got, tiny["want"]) <= static_step.TOLERANCE
+    assert static_step.et_runner(runner, pte, input_dir)(9).n == 9
+
+
+def test_static_step_floor_interleaving_and_report(static_step, tmp_path) -> None:
+    binaries = static_step.build_gemv_floor(tmp_path)
+    burst = static_step.floor_runner(binaries["native"])(20)
+    assert burst.n == 20 and burst.p50_us > 0
+    assert static_step._macs("fused_matmul1_add", [(1, 64), (64, 256), (256,), (1, 256)]) == 64 * 256
+    assert static_step._macs("fused_matmul_slice", [(1, 3, 64), (64, 32), (1, 16)]) == 3 * 64 * 32
+    assert static_step._macs("layer_norm", [(1, 64), (64,), (1, 64)]) is None
+    # interleaving: every entry gets one burst per round, in a shuffled order
+    seen = []
+
+    def fake(peer):
+        def run(n):
+            seen.append(peer)
+            return static_step.burst_from_samples([1000 + i for i in range(n)])
+        return run
+
+    entries = [static_step.Entry("m", "fp32", p, fake(p)) for p in ("vm", "static", "iree")]
+    log = static_step.time_entries(entries, rounds=3, round_ms=0.001, seed=1, say=lambda m: None)
+    assert len(log) == 3 and all(len(e.bursts) == 3 for e in entries)
+    assert sorted(seen[3:6]) == ["iree", "static", "vm"]
+    lat = {e.peer: static_step.summarise(e) for e in entries}
+    lat["static"]["p50_us"] = 0.5
+    result = {"command": "x", "date": "d", "rounds": 3, "round_ms": 1, "wall_s": 1, "timing_s": 1,
+              "loadavg_start": [0.1], "loadavg_end": [0.2], "round_log": log, "skipped": {},
+              "machine": {"cpu": "c", "logical_cpus": 2, "torch": "t", "apache-tvm": "v", "iree-base-compiler": "i",
+                          "onnxruntime": "o", "gcc": "g"},
+              "floor": {"gemv_gmacs": {"C native": 20.0}, "gemv_gmacs_best": 20.0, "gemm_gmacs": {"torch": 60.0},
+                        "gemm_gmacs_best": 60.0},
+              "rows": [{"model": "dmm", "source": "s", "params": 10, "macs_per_step": 20_000, "state_bytes": 8,
+                        "latency": {"fp32": lat}, "max_rel_error_vs_pytorch": {"fp32/vm": 1e-7}}]}
+    static_step.analyse(result)
+    ratios = result["rows"][0]["ratios_p50"]["fp32"]
+    assert ratios["vm / static"] == pytest.approx(lat["vm"]["p50_us"] / 0.5, rel=1e-2)
+    assert result["rows"][0]["floor_us"]["gemv"] == 1.0
+    assert result["rows"][0]["goals"]["fp32"] == {"static p50 <= 25 us": True}
+    text = static_step.markdown(result)
+    assert "| dmm | fp32 |" in text and "floor" in text
+    static_step.plot(result, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
