@@ -105,7 +105,7 @@ class Policy:
         self.default_target_return = float(self._lib.ssmc_default_target_return(self._handle))
         self.state_bytes = int(self._lib.ssmc_state_bytes(self._handle))
         self.info = {k: self._lib.ssmc_info(self._handle, k.encode()).decode()
-                     for k in ("model_kind", "semantics", "precision", "target", "library")}
+                     for k in ("model_kind", "semantics", "precision", "target", "library", "executor")}
         self._action = np.zeros(self.act_dim, np.float32)
         self._action_p = self._action.ctypes.data_as(_f32p)
 

@@ -1,4 +1,4 @@
-"""Build the C runtime bundle (libssmc.so + TVM's runtime libraries + the control-loop example).
+"""Build the C runtime bundle (libssmc.so, its VM plugin with TVM's runtime libraries, the control-loop example).
 
     from ssmc.runtime.native import runtime_bundle
     bundle = runtime_bundle()                 # this machine (x86-64 or aarch64), built once, cached
@@ -8,7 +8,8 @@
 A bundle is one folder with everything a robot needs besides the artifact, every ELF linked with
 RPATH ``$ORIGIN`` so the folder runs from wherever it is copied::
 
-    libssmc.so  libtvm_runtime.so  libtvm_ffi.so  ssmc_control  ssmc.h
+    libssmc.so  ssmc_control  ssmc.h                      static artifacts: these alone (no TVM)
+    libssmc_vm.so  libtvm_runtime.so  libtvm_ffi.so       VM artifacts: libssmc.so dlopens the plugin
 
 Bundles live under ``$SSMC_CACHE/runtime/<arch>-<key>`` (default ``~/.cache/ssmc``), where the key
 hashes the C sources, the compiler and the TVM libraries, so an edit or an upgrade rebuilds. The
@@ -59,6 +60,11 @@ class RuntimeBundle:
     @property
     def library(self) -> Path:
         return self.dir / "libssmc.so"
+
+    @property
+    def vm_plugin(self) -> Path:
+        """libssmc_vm.so: what libssmc.so loads to run VM artifacts (it links TVM's runtime)."""
+        return self.dir / "libssmc_vm.so"
 
     @property
     def control(self) -> Path:
@@ -176,7 +182,7 @@ def runtime_bundle(arch: str | None = None, *, rebuild: bool = False,
     libs = _host_libs() if arch == host_arch() else _aarch64_libs(say)
     out = _cache_root() / "runtime" / f"{arch}-{_key(arch, libs, cxx)}"
     bundle = RuntimeBundle(arch, out)
-    if not rebuild and bundle.library.is_file() and bundle.control.is_file():
+    if not rebuild and all(p.is_file() for p in (bundle.library, bundle.vm_plugin, bundle.control)):
         return bundle
     say(f"building the ssmc runtime for {arch} in {out}")
     staging = out.with_name(out.name + f".tmp{os.getpid()}")

@@ -15,7 +15,11 @@
  * An artifact is the directory `ssmc compile` writes (docs/artifact.md). ssmc_open verifies it
  * before anything runs: manifest format version, every file's size and sha256, no file missing or
  * extra, a CPU artifact built for this machine's architecture. It then loads the compiled library
- * through TVM's runtime (libtvm_runtime + libtvm_ffi) and allocates every buffer the step needs.
+ * and allocates every buffer the step needs. How depends on the manifest's executor:
+ *   - "static": the library is native code exporting ssmc_static_abi.h; libssmc loads it itself
+ *     (dlopen). Nothing of TVM is needed: libssmc.so and libc suffice.
+ *   - "vm": the library is a Relax VM executable; libssmc loads its plugin libssmc_vm.so from its own
+ *     directory, which runs it through TVM's runtime (libtvm_runtime + libtvm_ffi, next to it).
  *
  * Semantics (the same as the PyTorch reference, ssmc.train.rollout.TorchPolicy):
  *   - ssmc_reset(p, R) zeroes the model state and sets the return-to-go to R (unscaled, e.g. 3600
@@ -29,14 +33,17 @@
  * so the next valid call returns the same action as if the failed call had never happened. No call
  * lets a C++ exception, a signal from bad input or an abort reach the caller.
  *
- * Memory: ssmc_open allocates the input, state and output buffers; ssmc_act writes into the
- * caller's action buffer. TVM's VM serves the step's intermediate tensors from a pooled allocator
- * that stops growing after the first step (resident memory stays flat; docs/runtime.md has a
- * one-million-step soak).
+ * Memory: ssmc_open allocates every buffer: inputs, outputs, two copies of the state (the step
+ * writes the next state into the spare copy, which becomes current only when the step succeeded)
+ * and, for static artifacts, the step's scratch arena. ssmc_act writes into the caller's action
+ * buffer. For static artifacts ssmc_act allocates nothing at all (no malloc, on success or in the
+ * step); for VM artifacts TVM's VM allocates small objects per call and serves intermediate tensors
+ * from a pooled allocator that stops growing after the first step (resident memory stays flat;
+ * docs/runtime.md has a one-million-step soak).
  *
  * Threads: a handle belongs to one control loop. Calls on one handle must not overlap (no locking
  * is done); different handles may be used from different threads. The compiled kernels run on the
- * calling thread: ssmc_open sets TVM_NUM_THREADS=1 unless the process already set it.
+ * calling thread (for VM artifacts ssmc_open sets TVM_NUM_THREADS=1 unless the process already set it).
  */
 #ifndef SSMC_H_
 #define SSMC_H_
@@ -64,7 +71,7 @@ typedef enum ssmc_status {
   SSMC_ERR_ARGUMENT = 1, /* NULL pointer, wrong buffer size, bad option */
   SSMC_ERR_INPUT = 2,    /* NaN or inf in the observation, the reward or the target return */
   SSMC_ERR_ARTIFACT = 3, /* missing, tampered, another format version, another target */
-  SSMC_ERR_RUNTIME = 4,  /* TVM failed, or the step produced NaN/inf (state left untouched) */
+  SSMC_ERR_RUNTIME = 4,  /* the step failed, or produced NaN/inf (state left untouched) */
 } ssmc_status;
 
 /* Open and verify an artifact directory; on success *out is a reset policy, on failure NULL and
@@ -94,7 +101,7 @@ SSMC_API uint64_t ssmc_steps(const ssmc_policy *policy);
 /* Bytes of model state carried between steps (the manifest's state_bytes). */
 SSMC_API size_t ssmc_state_bytes(const ssmc_policy *policy);
 /* A manifest string field: "model_kind", "semantics", "precision", "target" (the target's name),
- * "library"; NULL for anything else. */
+ * "library", "executor" ("static" or "vm"); NULL for anything else. */
 SSMC_API const char *ssmc_info(const ssmc_policy *policy, const char *key);
 
 /* The runtime's version string and SSMC_API_VERSION as compiled. */

@@ -1,42 +1,39 @@
-// ssmc_runtime.cc -- the C API of ssmc.h over TVM's runtime (libtvm_runtime + libtvm_ffi).
+// ssmc_runtime.cc -- libssmc.so: the C API of ssmc.h. It links libc, libdl and the C++ standard
+// library only, no TVM: a static artifact's library (ssmc_static_abi.h) is dlopened and called
+// directly; a VM artifact's library is run by the plugin libssmc_vm.so (ssmc_vm.h, ssmc_vm.cc), which
+// this library dlopens from its own directory the first time a VM artifact is opened.
 //
-// Sections: SHA-256 | errors and small helpers | manifest reading and artifact verification |
-// the policy (buffers, the Relax VM, one step) | the C API. The manifest's schema and the checks
-// mirror ssmc/artifact.py (docs/artifact.md); tests/test_runtime.py holds the two to the same
-// verdicts on the same tampered artifacts.
+// Sections: SHA-256 | errors and small helpers | JSON | manifest reading and artifact verification |
+// executors (static, VM plugin) | the policy (buffers, one step, commit) | the C API. The manifest's
+// schema and the checks mirror ssmc/artifact.py (docs/artifact.md); tests/test_runtime.py holds the
+// two to the same verdicts on the same tampered artifacts.
 
 #include "ssmc.h"
+#include "ssmc_static_abi.h"
+#include "ssmc_vm.h"
 
-#include <tvm/ffi/any.h>
-#include <tvm/ffi/container/array.h>
-#include <tvm/ffi/container/map.h>
-#include <tvm/ffi/container/tensor.h>
-#include <tvm/ffi/error.h>
-#include <tvm/ffi/extra/json.h>
-#include <tvm/ffi/extra/module.h>
-#include <tvm/ffi/function.h>
-#include <tvm/ffi/string.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <locale.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <optional>
-#include <set>
-#include <sstream>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifndef SSMC_VERSION
 #define SSMC_VERSION "0.1.0"
 #endif
-
-namespace ffi = tvm::ffi;
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -143,13 +140,17 @@ struct Failure {
   std::string message;
 };
 
-[[noreturn]] void Fail(ssmc_status status, const std::string& message) { throw Failure{status, message}; }
+[[noreturn]] void Fail(ssmc_status status, std::string message) { throw Failure{status, std::move(message)}; }
 
 thread_local std::string g_open_error;  // ssmc_last_error(NULL)
 
-constexpr size_t kAlign = 64;  // TVM's kAllocAlignment: kernels may assume it
-constexpr int kFormatVersion = 1;
-constexpr uintmax_t kMaxManifestBytes = 16u << 20;
+constexpr size_t kAlign = SSMC_STATIC_ALIGN;  // also TVM's kAllocAlignment: kernels may assume it
+static_assert(kAlign == 64, "buffers are 64-byte aligned");
+constexpr int kFormatVersion = 2;
+constexpr uint64_t kMaxManifestBytes = 16u << 20;
+constexpr int kMaxJsonDepth = 64;
+constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 30;
+constexpr const char* kStaticEntry = "ssmc_static_step";
 
 #if defined(__aarch64__)
 constexpr const char* kArch = "aarch64";
@@ -164,152 +165,582 @@ struct AlignedFree {
 };
 using Buffer = std::unique_ptr<uint8_t, AlignedFree>;
 
-Buffer AllocBuffer(size_t bytes) {
-  size_t rounded = ((bytes + kAlign - 1) / kAlign) * kAlign;
-  void* p = std::aligned_alloc(kAlign, rounded == 0 ? kAlign : rounded);
+// bytes rounded up to the alignment (at least one line), zeroed.
+Buffer AllocBuffer(uint64_t bytes) {
+  uint64_t rounded = bytes == 0 ? kAlign : ((bytes + kAlign - 1) / kAlign) * kAlign;
+  void* p = rounded > SIZE_MAX ? nullptr : std::aligned_alloc(kAlign, static_cast<size_t>(rounded));
   if (p == nullptr) Fail(SSMC_ERR_RUNTIME, "out of memory allocating " + std::to_string(bytes) + " bytes");
-  std::memset(p, 0, rounded == 0 ? kAlign : rounded);
+  std::memset(p, 0, static_cast<size_t>(rounded));
   return Buffer(static_cast<uint8_t*>(p));
 }
 
-std::string FileSha256(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) Fail(SSMC_ERR_ARTIFACT, path.filename().string() + ": cannot be read");
-  Sha256 sha;
-  std::vector<char> chunk(1 << 20);
-  while (in) {
-    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    std::streamsize got = in.gcount();
-    if (got > 0) sha.Update(reinterpret_cast<const uint8_t*>(chunk.data()), static_cast<size_t>(got));
+// Newlines and other control characters become spaces: every message is one line.
+std::string OneLine(const char* text, size_t max_chars = 1000) {
+  std::string s(text == nullptr ? "" : text);
+  if (s.size() > max_chars) s = s.substr(0, max_chars) + "...";
+  for (char& c : s) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   }
+  return s;
+}
+
+std::string DlError() {
+  const char* e = dlerror();
+  return OneLine(e == nullptr ? "unknown dlopen error" : e);
+}
+
+struct Fd {
+  int fd;
+  explicit Fd(int f) : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// read() until n bytes or the end of the file; -1 on error.
+ssize_t ReadFull(int fd, uint8_t* buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::read(fd, buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
+
+// The file's sha256 (lowercase hex) and the bytes read, in 1 MiB chunks; links are not followed.
+std::string FileSha256(const std::string& path, const std::string& name, uint64_t* bytes_read) {
+  Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (f.fd < 0) Fail(SSMC_ERR_ARTIFACT, name + ": cannot be read");
+  Sha256 sha;
+  std::vector<uint8_t> chunk(1 << 20);
+  uint64_t total = 0;
+  for (;;) {
+    ssize_t got = ReadFull(f.fd, chunk.data(), chunk.size());
+    if (got < 0) Fail(SSMC_ERR_ARTIFACT, name + ": cannot be read");
+    if (got == 0) break;
+    sha.Update(chunk.data(), static_cast<size_t>(got));
+    total += static_cast<uint64_t>(got);
+  }
+  *bytes_read = total;
   return sha.HexDigest();
 }
+
+// ====================================================================================== JSON
+// RFC 8259, read as Python's json.loads reads it (the manifest's other reader, ssmc/artifact.py):
+// the text must be UTF-8 (checked first, with Python's reasons), NaN/Infinity and trailing commas
+// are refused, a repeated object key keeps its last value, and \u escapes of lone surrogates are
+// kept (encoded as the three bytes UTF-8 would give them), as Python keeps them. Containers may
+// nest kMaxJsonDepth deep: the parser recurses once per level, so deeper text is refused before
+// it can exhaust the stack.
+
+struct Json {
+  enum Type : uint8_t { kNull, kBool, kInt, kDouble, kString, kArray, kObject };
+  Type type = kNull;
+  bool boolean = false;
+  int64_t integer = 0;  // kInt (a number without fraction or exponent that fits int64)
+  double number = 0.0;  // kDouble
+  std::string string;
+  std::vector<std::string> keys;  // kObject: member names in file order
+  std::vector<Json> items;        // kArray: elements; kObject: items[i] is the value of keys[i]
+
+  // The member called key (its last occurrence), or NULL.
+  const Json* Find(const std::string& key) const {
+    for (size_t i = keys.size(); i-- > 0;) {
+      if (keys[i] == key) return &items[i];
+    }
+    return nullptr;
+  }
+};
+
+// Python's verdict on decoding text as UTF-8: NULL if it decodes, else the reason (*at: the offset of
+// the sequence's first byte).
+const char* Utf8Error(const std::string& text, size_t* at) {
+  const auto* b = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = b[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // the second byte's range; later bytes are 0x80..0xBF
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+      *at = i;
+      return "invalid start byte";
+    }
+    for (size_t k = 1; k < len; ++k) {
+      if (i + k >= n) {
+        *at = i;
+        return "unexpected end of data";
+      }
+      const unsigned d = b[i + k];
+      if (d < (k == 1 ? lo : 0x80u) || d > (k == 1 ? hi : 0xBFu)) {
+        *at = i;
+        return "invalid continuation byte";
+      }
+    }
+    i += len;
+  }
+  return nullptr;
+}
+
+class JsonParser {
+ public:
+  explicit JsonParser(const std::string& text) : begin_(text.data()), p_(begin_), end_(begin_ + text.size()) {}
+
+  Json Document() {
+    Json root;
+    Space();
+    Value(root, 0);
+    Space();
+    if (p_ != end_) Error("extra data after the value");
+    return root;
+  }
+
+ private:
+  [[noreturn]] void Error(const char* what) const {
+    size_t line = 1, column = 1;
+    for (const char* q = begin_; q < p_; ++q) {
+      if (*q == '\n') {
+        ++line;
+        column = 1;
+      } else if ((static_cast<unsigned char>(*q) & 0xC0) != 0x80) {
+        ++column;  // characters, not bytes, as Python counts
+      }
+    }
+    Fail(SSMC_ERR_ARTIFACT, std::string("manifest.json: not valid JSON (") + what + " at line " +
+                                std::to_string(line) + " column " + std::to_string(column) + ")");
+  }
+
+  bool At(char c) const { return p_ < end_ && *p_ == c; }
+  bool AtDigit() const { return p_ < end_ && *p_ >= '0' && *p_ <= '9'; }
+
+  void Space() {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
+  }
+
+  void Value(Json& v, int depth) {
+    if (p_ == end_) Error("expecting a value");
+    switch (*p_) {
+      case '{':
+        return Object(v, depth + 1);
+      case '[':
+        return Array(v, depth + 1);
+      case '"':
+        v.type = Json::kString;
+        return String(v.string);
+      case 't':
+        Literal("true");
+        v.type = Json::kBool;
+        v.boolean = true;
+        return;
+      case 'f':
+        Literal("false");
+        v.type = Json::kBool;
+        return;
+      case 'n':
+        Literal("null");
+        return;
+      default:
+        if (At('-') || AtDigit()) return Number(v);
+        Error("expecting a value");
+    }
+  }
+
+  void Enter(int depth) const {
+    if (depth > kMaxJsonDepth) Error("nested deeper than 64 levels");
+  }
+
+  void Object(Json& v, int depth) {
+    Enter(depth);
+    v.type = Json::kObject;
+    ++p_;
+    Space();
+    if (At('}')) {
+      ++p_;
+      return;
+    }
+    for (;;) {
+      Space();
+      if (!At('"')) Error("expecting a property name in double quotes");
+      v.keys.emplace_back();
+      String(v.keys.back());
+      Space();
+      if (!At(':')) Error("expecting ':' delimiter");
+      ++p_;
+      Space();
+      v.items.emplace_back();
+      Value(v.items.back(), depth);
+      Space();
+      if (At(',')) {
+        ++p_;
+        continue;
+      }
+      if (At('}')) {
+        ++p_;
+        return;
+      }
+      Error("expecting ',' delimiter");
+    }
+  }
+
+  void Array(Json& v, int depth) {
+    Enter(depth);
+    v.type = Json::kArray;
+    ++p_;
+    Space();
+    if (At(']')) {
+      ++p_;
+      return;
+    }
+    for (;;) {
+      Space();
+      v.items.emplace_back();
+      Value(v.items.back(), depth);
+      Space();
+      if (At(',')) {
+        ++p_;
+        continue;
+      }
+      if (At(']')) {
+        ++p_;
+        return;
+      }
+      Error("expecting ',' delimiter");
+    }
+  }
+
+  void Literal(const char* word) {
+    const size_t n = std::strlen(word);
+    if (static_cast<size_t>(end_ - p_) < n || std::memcmp(p_, word, n) != 0) Error("expecting a value");
+    p_ += n;
+  }
+
+  uint32_t Hex4() {
+    if (end_ - p_ < 4) Error("invalid \\uXXXX escape");
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = *p_++;
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= static_cast<uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f') v |= static_cast<uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') v |= static_cast<uint32_t>(c - 'A' + 10);
+      else Error("invalid \\uXXXX escape");
+    }
+    return v;
+  }
+
+  static void AppendUtf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {  // a lone surrogate too (as Python keeps it)
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+
+  void String(std::string& out) {
+    ++p_;  // the opening quote
+    for (;;) {
+      if (p_ == end_) Error("unterminated string");
+      const unsigned char c = static_cast<unsigned char>(*p_);
+      if (c == '"') {
+        ++p_;
+        return;
+      }
+      if (c < 0x20) Error("invalid control character in a string");
+      if (c != '\\') {  // the text was checked to be UTF-8 before parsing
+        out += static_cast<char>(c);
+        ++p_;
+        continue;
+      }
+      ++p_;
+      if (p_ == end_) Error("unterminated string");
+      switch (*p_++) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          uint32_t cp = Hex4();
+          if (cp >= 0xD800 && cp <= 0xDBFF && end_ - p_ >= 6 && p_[0] == '\\' && p_[1] == 'u') {
+            const char* save = p_;
+            p_ += 2;
+            const uint32_t low = Hex4();
+            if (low >= 0xDC00 && low <= 0xDFFF) {
+              cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            } else {
+              p_ = save;  // a lone high surrogate; the next escape stands alone
+            }
+          }
+          AppendUtf8(out, cp);
+          break;
+        }
+        default:
+          p_ -= 2;  // at the backslash, as Python reports it
+          Error("invalid \\escape");
+      }
+    }
+  }
+
+  void Number(Json& v) {
+    const char* start = p_;
+    if (At('-')) ++p_;
+    if (!AtDigit()) Error("expecting a value");
+    if (At('0')) {
+      ++p_;
+    } else {
+      while (AtDigit()) ++p_;
+    }
+    bool integral = true;
+    if (At('.')) {
+      integral = false;
+      ++p_;
+      if (!AtDigit()) Error("expecting digits after the decimal point");
+      while (AtDigit()) ++p_;
+    }
+    if (At('e') || At('E')) {
+      integral = false;
+      ++p_;
+      if (At('+') || At('-')) ++p_;
+      if (!AtDigit()) Error("expecting digits in the exponent");
+      while (AtDigit()) ++p_;
+    }
+    if (integral) {
+      const bool negative = *start == '-';
+      const uint64_t limit = negative ? uint64_t{1} << 63 : (uint64_t{1} << 63) - 1;
+      uint64_t magnitude = 0;
+      bool fits = true;
+      for (const char* q = start + (negative ? 1 : 0); q < p_ && fits; ++q) {
+        const uint64_t d = static_cast<uint64_t>(*q - '0');
+        if (magnitude > (limit - d) / 10) fits = false;
+        else magnitude = magnitude * 10 + d;
+      }
+      if (fits) {
+        v.type = Json::kInt;
+        v.integer = negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
+        return;
+      }
+    }
+    // Fractions, exponents and integers beyond int64: a double, read in the C locale whatever the
+    // process set (a host program's setlocale must not turn "0.5" into 0).
+    static const locale_t c_locale = newlocale(LC_ALL_MASK, "C", static_cast<locale_t>(nullptr));
+    if (c_locale == static_cast<locale_t>(nullptr)) Fail(SSMC_ERR_RUNTIME, "cannot create the C locale");
+    const std::string token(start, p_);
+    v.type = Json::kDouble;
+    v.number = strtod_l(token.c_str(), nullptr, c_locale);
+  }
+
+  const char* begin_;
+  const char* p_;
+  const char* end_;
+};
 
 // ================================================== manifest reading and artifact verification
 
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
-  DLDataType dtype;
-  size_t bytes;
+  uint8_t code = 2;  // DLPack: kDLInt 0, kDLUInt 1, kDLFloat 2
+  uint8_t bits = 32;
+  size_t bytes = 0;
 };
 
+constexpr uint8_t kInt = 0, kUInt = 1, kFloat = 2;
+
 struct Manifest {
-  std::string model_kind, semantics, precision, target_name, library, entry;
+  std::string dir;  // the artifact directory, absolute
+  std::string model_kind, semantics, precision, target_name, library, entry, executor;
   size_t obs_dim = 0, act_dim = 0, state_bytes = 0;
+  uint64_t arena_bytes = 0;
   double target_return = 0.0;
   std::vector<TensorSpec> inputs, outputs, state;
 };
 
-// Reads one manifest: every access names the field that is missing or of the wrong type.
-class ManifestReader {
- public:
-  explicit ManifestReader(const ffi::json::Object& root) : root_(root) {}
-
-  ffi::Any Field(const ffi::json::Object& obj, const std::string& key, const std::string& where) const {
-    auto it = obj.find(ffi::String(key));
-    if (it == obj.end()) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing field " + where + key);
-    return (*it).second;
+// Every access names the field that is missing or of the wrong type.
+const Json& Field(const Json& obj, const std::string& key, const std::string& where = "") {
+  const Json* v = obj.Find(key);
+  if (v == nullptr) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing field " + where + key);
+  return *v;
+}
+std::string Str(const Json& obj, const std::string& key, const std::string& where = "") {
+  const Json& v = Field(obj, key, where);
+  if (v.type != Json::kString) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be a string");
+  if (v.string.find('\0') != std::string::npos) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must not contain NUL characters");
   }
-  std::string Str(const ffi::json::Object& obj, const std::string& key, const std::string& where = "") const {
-    auto v = Field(obj, key, where).try_cast<ffi::String>();
-    if (!v) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be a string");
-    return std::string(*v);
+  return v.string;
+}
+int64_t Int(const Json& obj, const std::string& key, const std::string& where = "") {
+  const Json& v = Field(obj, key, where);
+  if (v.type != Json::kInt) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be an integer");
+  return v.integer;
+}
+double Num(const Json& obj, const std::string& key) {
+  const Json& v = Field(obj, key);
+  if (v.type == Json::kInt) return static_cast<double>(v.integer);
+  if (v.type != Json::kDouble || !std::isfinite(v.number)) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + key + " must be a finite number");
   }
-  int64_t Int(const ffi::json::Object& obj, const std::string& key, const std::string& where = "") const {
-    auto v = Field(obj, key, where).as<int64_t>();
-    if (!v) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be an integer");
-    return *v;
-  }
-  double Num(const ffi::json::Object& obj, const std::string& key) const {
-    ffi::Any a = Field(obj, key, "");
-    if (auto i = a.as<int64_t>()) return static_cast<double>(*i);
-    auto d = a.as<double>();
-    if (!d || !std::isfinite(*d)) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + key + " must be a finite number");
-    return *d;
-  }
-  ffi::json::Object Obj(const ffi::json::Object& obj, const std::string& key, const std::string& where = "") const {
-    auto v = Field(obj, key, where).try_cast<ffi::json::Object>();
-    if (!v) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be an object");
-    return *v;
-  }
-  ffi::json::Array Arr(const ffi::json::Object& obj, const std::string& key) const {
-    auto v = Field(obj, key, "").try_cast<ffi::json::Array>();
-    if (!v) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + key + " must be a list");
-    return *v;
-  }
-
-  std::vector<TensorSpec> Tensors(const std::string& key) const {
-    std::vector<TensorSpec> out;
-    for (const ffi::Any& item : Arr(root_, key)) {
-      auto obj = item.try_cast<ffi::json::Object>();
-      if (!obj) Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " must hold {name, shape, dtype} objects");
-      TensorSpec spec;
-      spec.name = Str(*obj, "name", key + "[].");
-      std::string dtype = Str(*obj, "dtype", key + "[].");
-      int bits = 0;
-      uint8_t code = kDLFloat;
-      if (dtype == "float32") bits = 32;
-      else if (dtype == "float16") bits = 16;
-      else if (dtype == "float64") bits = 64;
-      else if (dtype == "int32") { bits = 32; code = kDLInt; }
-      else if (dtype == "int64") { bits = 64; code = kDLInt; }
-      else if (dtype == "int8") { bits = 8; code = kDLInt; }
-      else if (dtype == "uint8") { bits = 8; code = kDLUInt; }
-      else Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": dtype " + dtype + " is not supported by the runtime");
-      spec.dtype = DLDataType{code, static_cast<uint8_t>(bits), 1};
-      size_t numel = 1;
-      auto shape = Field(*obj, "shape", key + "[].").try_cast<ffi::json::Array>();
-      if (!shape) Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": shape must be a list");
-      for (const ffi::Any& d : *shape) {
-        auto dim = d.as<int64_t>();
-        if (!dim || *dim <= 0 || *dim > (1 << 24)) {
-          Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": shape entries must be positive integers");
-        }
-        spec.shape.push_back(*dim);
-        numel *= static_cast<size_t>(*dim);
-      }
-      spec.bytes = numel * static_cast<size_t>(bits / 8);
-      out.push_back(std::move(spec));
-    }
-    return out;
-  }
-
- private:
-  const ffi::json::Object& root_;
-};
-
-bool SafeRelativeName(const std::string& name) {
-  if (name.empty() || name.front() == '/' || name.find('\\') != std::string::npos) return false;
-  std::stringstream parts(name);
-  std::string part;
-  while (std::getline(parts, part, '/')) {
-    if (part.empty() || part == "." || part == ".." || part.front() == '.') return false;
-  }
-  return true;
+  return v.number;
+}
+const Json& Obj(const Json& obj, const std::string& key, const std::string& where = "") {
+  const Json& v = Field(obj, key, where);
+  if (v.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be an object");
+  return v;
+}
+const Json& Arr(const Json& obj, const std::string& key) {
+  const Json& v = Field(obj, key);
+  if (v.type != Json::kArray) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + key + " must be a list");
+  return v;
 }
 
-// The checks of ssmc.artifact.load_manifest that the runtime relies on, in the same order:
-// manifest, format version, files (missing / unexpected / size / sha256), then the fields.
-Manifest VerifyArtifact(const fs::path& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
-    Fail(SSMC_ERR_ARTIFACT, fs::exists(dir, ec) ? "not a directory (unpack a .tar artifact first)" : "no such artifact");
+std::vector<TensorSpec> Tensors(const Json& root, const std::string& key) {
+  std::vector<TensorSpec> out;
+  for (const Json& item : Arr(root, key).items) {
+    if (item.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " must hold {name, shape, dtype} objects");
+    TensorSpec spec;
+    spec.name = Str(item, "name", key + "[].");
+    const std::string dtype = Str(item, "dtype", key + "[].");
+    if (dtype == "float32") spec = TensorSpec{spec.name, {}, kFloat, 32, 0};
+    else if (dtype == "float16") spec = TensorSpec{spec.name, {}, kFloat, 16, 0};
+    else if (dtype == "float64") spec = TensorSpec{spec.name, {}, kFloat, 64, 0};
+    else if (dtype == "int32") spec = TensorSpec{spec.name, {}, kInt, 32, 0};
+    else if (dtype == "int64") spec = TensorSpec{spec.name, {}, kInt, 64, 0};
+    else if (dtype == "int8") spec = TensorSpec{spec.name, {}, kInt, 8, 0};
+    else if (dtype == "uint8") spec = TensorSpec{spec.name, {}, kUInt, 8, 0};
+    else Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": dtype " + dtype + " is not supported by the runtime");
+    const Json& shape = Field(item, "shape", key + "[].");
+    if (shape.type != Json::kArray) Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": shape must be a list");
+    uint64_t bytes = spec.bits / 8;
+    for (const Json& d : shape.items) {
+      if (d.type != Json::kInt || d.integer <= 0 || d.integer > (1 << 24)) {
+        Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": shape entries must be positive integers");
+      }
+      spec.shape.push_back(d.integer);
+      bytes *= static_cast<uint64_t>(d.integer);
+      if (bytes > kMaxTensorBytes) {
+        Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": larger than the runtime allocates (1 GiB)");
+      }
+    }
+    spec.bytes = static_cast<size_t>(bytes);
+    out.push_back(std::move(spec));
   }
-  fs::path manifest_path = dir / "manifest.json";
-  if (!fs::is_regular_file(fs::symlink_status(manifest_path, ec))) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing");
-  if (fs::file_size(manifest_path, ec) > kMaxManifestBytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: too large");
-  std::ifstream in(manifest_path, std::ios::binary);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ffi::String parse_error;
-  ffi::json::Value parsed = ffi::json::Parse(ffi::String(text), &parse_error);
-  if (!parse_error.empty()) Fail(SSMC_ERR_ARTIFACT, "manifest.json: not valid JSON (" + std::string(parse_error) + ")");
-  auto root_opt = parsed.try_cast<ffi::json::Object>();
-  if (!root_opt) Fail(SSMC_ERR_ARTIFACT, "manifest.json: not a JSON object");
-  const ffi::json::Object root = *root_opt;
-  ManifestReader r(root);
+  return out;
+}
 
-  int64_t version = r.Int(root, "format_version");
+bool SafeRelativeName(const std::string& name) {
+  if (name.empty() || name.find('\\') != std::string::npos || name.find('\0') != std::string::npos) return false;
+  size_t start = 0;
+  for (;;) {  // every '/'-separated part is non-empty and does not start with '.' (so no "." or "..")
+    const size_t slash = name.find('/', start);
+    const size_t end = slash == std::string::npos ? name.size() : slash;
+    if (end == start || name[start] == '.') return false;
+    if (slash == std::string::npos) return true;
+    start = slash + 1;
+  }
+}
+
+std::string ReadManifest(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing");
+  if (static_cast<uint64_t>(st.st_size) > kMaxManifestBytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: too large");
+  Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (f.fd < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: cannot be read");
+  std::string text(static_cast<size_t>(st.st_size) + 1, '\0');  // one more: notice a file that grew
+  ssize_t got = ReadFull(f.fd, reinterpret_cast<uint8_t*>(&text[0]), text.size());
+  if (got < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: cannot be read");
+  if (static_cast<uint64_t>(got) > kMaxManifestBytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: too large");
+  text.resize(static_cast<size_t>(got));
+  return text;
+}
+
+// Every file under root but the top-level manifest.json: relative name -> bytes. Directories are
+// walked with an explicit stack (not followed through links); links, devices and sockets are refused.
+std::map<std::string, uint64_t> ListFiles(const std::string& root) {
+  std::map<std::string, uint64_t> present;
+  std::vector<std::string> todo{""};
+  while (!todo.empty()) {
+    const std::string rel_dir = todo.back();
+    todo.pop_back();
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(rel_dir.empty() ? root.c_str() : (root + "/" + rel_dir).c_str()),
+                                           ::closedir);
+    if (!d) Fail(SSMC_ERR_ARTIFACT, "cannot list the artifact directory: " + std::string(std::strerror(errno)));
+    for (;;) {
+      errno = 0;
+      const dirent* e = ::readdir(d.get());
+      if (e == nullptr) {
+        if (errno != 0) Fail(SSMC_ERR_ARTIFACT, "cannot list the artifact directory: " + std::string(std::strerror(errno)));
+        break;
+      }
+      const std::string name(e->d_name);
+      if (name == "." || name == "..") continue;
+      const std::string rel = rel_dir.empty() ? name : rel_dir + "/" + name;
+      struct stat st;
+      if (::fstatat(::dirfd(d.get()), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) Fail(SSMC_ERR_ARTIFACT, rel + ": cannot be read");
+      if (S_ISDIR(st.st_mode)) {
+        todo.push_back(rel);
+      } else if (rel != "manifest.json") {
+        if (!S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, rel + ": not a regular file (links and devices are refused)");
+        present[rel] = static_cast<uint64_t>(st.st_size);
+      }
+    }
+  }
+  return present;
+}
+
+// The checks of ssmc.artifact.load_manifest that the runtime relies on, in the same order: manifest,
+// format version, files (missing / unexpected / size / sha256, each in name order), then the fields.
+// Every file is read once, to hash it.
+Manifest VerifyArtifact(const std::string& dir_arg) {
+  struct stat st;
+  if (::stat(dir_arg.c_str(), &st) != 0) Fail(SSMC_ERR_ARTIFACT, "no such artifact");
+  if (!S_ISDIR(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, "not a directory (unpack a .tar artifact first)");
+  Manifest m;
+  {
+    char* real = ::realpath(dir_arg.c_str(), nullptr);
+    if (real == nullptr) Fail(SSMC_ERR_ARTIFACT, "no such artifact");
+    m.dir = real;
+    std::free(real);
+  }
+  const std::string text = ReadManifest(m.dir + "/manifest.json");
+  size_t bad_at = 0;
+  if (const char* why = Utf8Error(text, &bad_at)) {
+    Fail(SSMC_ERR_ARTIFACT, std::string("manifest.json: not UTF-8 text (") + why + " at byte " + std::to_string(bad_at) + ")");
+  }
+  const Json root = JsonParser(text).Document();
+  if (root.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: not a JSON object");
+
+  const int64_t version = Int(root, "format_version");
   if (version > kFormatVersion) {
     Fail(SSMC_ERR_ARTIFACT, "manifest.json: artifact format version " + std::to_string(version) +
                                 " is newer than this runtime reads (" + std::to_string(kFormatVersion) +
@@ -322,84 +753,97 @@ Manifest VerifyArtifact(const fs::path& dir) {
   }
 
   // Files: the listed set must equal what is on disk, byte for byte.
-  ffi::json::Object files = r.Obj(root, "files");
+  const Json& files = Obj(root, "files");
   std::map<std::string, std::pair<std::string, int64_t>> listed;
-  for (const auto& kv : files) {
-    auto name = kv.first.try_cast<ffi::String>();
-    auto entry = kv.second.try_cast<ffi::json::Object>();
-    if (!name || !entry) Fail(SSMC_ERR_ARTIFACT, "manifest.json: files must map names to {sha256, bytes}");
-    std::string n(*name);
-    if (!SafeRelativeName(n) || n == "manifest.json") Fail(SSMC_ERR_ARTIFACT, "manifest.json: bad file name " + n);
-    listed[n] = {r.Str(*entry, "sha256", "files." + n + "."), r.Int(*entry, "bytes", "files." + n + ".")};
+  for (size_t i = 0; i < files.keys.size(); ++i) {
+    const std::string& n = files.keys[i];
+    const Json& entry = files.items[i];
+    if (entry.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: files must map names to {sha256, bytes}");
+    if (!SafeRelativeName(n) || n == "manifest.json") Fail(SSMC_ERR_ARTIFACT, "manifest.json: bad file name " + OneLine(n.c_str()));
+    listed[n] = {Str(entry, "sha256", "files." + n + "."), Int(entry, "bytes", "files." + n + ".")};
   }
-  std::set<std::string> present;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    std::string rel = fs::relative(it->path(), dir, ec).generic_string();
-    fs::file_status st = it->symlink_status(ec);
-    if (fs::is_directory(st)) continue;
-    if (rel == "manifest.json") continue;
-    if (!fs::is_regular_file(st)) Fail(SSMC_ERR_ARTIFACT, rel + ": not a regular file (links and devices are refused)");
-    if (listed.find(rel) == listed.end()) Fail(SSMC_ERR_ARTIFACT, rel + ": unexpected file (not listed in manifest.json)");
-    present.insert(rel);
+  const std::map<std::string, uint64_t> present = ListFiles(m.dir);
+  for (const auto& kv : listed) {
+    if (present.find(kv.first) == present.end()) Fail(SSMC_ERR_ARTIFACT, kv.first + ": missing (listed in manifest.json)");
   }
-  if (ec) Fail(SSMC_ERR_ARTIFACT, "cannot list the artifact directory: " + ec.message());
-  for (const auto& [name, want] : listed) {
-    if (present.find(name) == present.end()) Fail(SSMC_ERR_ARTIFACT, name + ": missing (listed in manifest.json)");
+  for (const auto& kv : present) {
+    if (listed.find(kv.first) == listed.end()) {
+      Fail(SSMC_ERR_ARTIFACT, OneLine(kv.first.c_str()) + ": unexpected file (not listed in manifest.json)");
+    }
   }
   for (const auto& [name, want] : listed) {
-    uintmax_t size = fs::file_size(dir / name, ec);
-    if (static_cast<int64_t>(size) != want.second) {
-      Fail(SSMC_ERR_ARTIFACT, name + ": " + std::to_string(size) + " bytes, manifest.json says " +
-                                  std::to_string(want.second) +
-                                  (static_cast<int64_t>(size) < want.second ? " (truncated)" : " (grown)"));
+    const int64_t size = static_cast<int64_t>(present.at(name));
+    if (size != want.second) {
+      Fail(SSMC_ERR_ARTIFACT, name + ": " + std::to_string(size) + " bytes, manifest.json says " + std::to_string(want.second) +
+                                  (size < want.second ? " (truncated)" : " (grown)"));
     }
-    if (FileSha256(dir / name) != want.first) {
-      Fail(SSMC_ERR_ARTIFACT, name + ": sha256 mismatch (the file was modified after compile)");
+    uint64_t read = 0;
+    const std::string digest = FileSha256(m.dir + "/" + name, name, &read);
+    if (static_cast<int64_t>(read) != want.second) {  // the file changed while it was read
+      Fail(SSMC_ERR_ARTIFACT, name + ": " + std::to_string(read) + " bytes read, manifest.json says " + std::to_string(want.second));
     }
+    if (digest != want.first) Fail(SSMC_ERR_ARTIFACT, name + ": sha256 mismatch (the file was modified after compile)");
   }
 
   // Fields the runtime uses.
-  Manifest m;
-  m.model_kind = r.Str(root, "model_kind");
-  m.semantics = r.Str(root, "semantics");
-  m.precision = r.Str(root, "precision");
-  m.entry = r.Str(root, "entry");
-  m.library = r.Str(root, "library");
-  if (listed.find(m.library) == listed.end()) Fail(SSMC_ERR_ARTIFACT, "manifest.json: library " + m.library + " is not listed in files");
-  auto params = r.Field(root, "params", "");
-  if (params != nullptr) Fail(SSMC_ERR_ARTIFACT, "manifest.json: separate parameter files are not supported by this runtime");
-  int64_t obs_dim = r.Int(root, "obs_dim"), act_dim = r.Int(root, "act_dim");
-  if (obs_dim <= 0 || act_dim <= 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: obs_dim and act_dim must be positive");
+  m.model_kind = Str(root, "model_kind");
+  m.semantics = Str(root, "semantics");
+  m.precision = Str(root, "precision");
+  m.entry = Str(root, "entry");
+  m.library = Str(root, "library");
+  if (listed.find(m.library) == listed.end()) Fail(SSMC_ERR_ARTIFACT, "manifest.json: library " + OneLine(m.library.c_str()) + " is not listed in files");
+  if (Field(root, "params").type != Json::kNull) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: separate parameter files are not supported by this runtime");
+  }
+  const int64_t obs_dim = Int(root, "obs_dim"), act_dim = Int(root, "act_dim");
+  if (obs_dim <= 0 || act_dim <= 0 || obs_dim > (1 << 24) || act_dim > (1 << 24)) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: obs_dim and act_dim must be positive");
+  }
   m.obs_dim = static_cast<size_t>(obs_dim);
   m.act_dim = static_cast<size_t>(act_dim);
-  m.target_return = r.Num(root, "target_return");
-  m.state_bytes = static_cast<size_t>(r.Int(root, "state_bytes"));
+  m.target_return = Num(root, "target_return");
+  const int64_t state_bytes = Int(root, "state_bytes");
+  if (state_bytes < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field state_bytes must be a non-negative integer");
+  m.state_bytes = static_cast<size_t>(state_bytes);
 
-  ffi::json::Object target = r.Obj(root, "target");
-  m.target_name = r.Str(target, "name", "target.");
-  std::string device = r.Str(target, "device", "target."), arch = r.Str(target, "arch", "target.");
+  const Json& target = Obj(root, "target");
+  m.target_name = Str(target, "name", "target.");
+  const std::string device = Str(target, "device", "target."), arch = Str(target, "arch", "target.");
   if (device != "cpu") {
     Fail(SSMC_ERR_ARTIFACT, "target " + m.target_name + " runs on " + device +
-                                ": this runtime runs CPU artifacts only (compile for " + m.target_name +
-                                "-cpu or host)");
+                                ": this runtime runs CPU artifacts only (compile for " + m.target_name + "-cpu or host)");
   }
   if (arch != kArch) {
     Fail(SSMC_ERR_ARTIFACT, "built for " + arch + " (target " + m.target_name + "), this runtime is " + kArch +
                                 (arch == "aarch64" ? " (run it under qemu-aarch64-static with the aarch64 runtime)" : ""));
   }
-  ffi::json::Object extra = r.Obj(root, "extra");
-  auto in_graph = extra.find(ffi::String("normalisation_in_graph"));
-  if (in_graph == extra.end() || !(*in_graph).second.as<bool>().value_or(false)) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: extra.normalisation_in_graph is not true; this runtime passes raw "
+
+  m.executor = Str(root, "executor");
+  if (m.executor != "static" && m.executor != "vm") {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: executor " + OneLine(m.executor.c_str()) + " is not one this runtime runs (static, vm)");
+  }
+  const int64_t arena = Int(root, "arena_bytes");
+  if (arena < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field arena_bytes must be a non-negative integer");
+  m.arena_bytes = static_cast<uint64_t>(arena);
+  if (m.executor == "static" && m.entry != kStaticEntry) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: a static artifact's entry is " + std::string(kStaticEntry) + ", not " +
+                                OneLine(m.entry.c_str()));
+  }
+  const Json& in_graph = Field(root, "normalisation_in_graph");
+  if (in_graph.type != Json::kBool) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field normalisation_in_graph must be true or false");
+  if (!in_graph.boolean) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: normalisation_in_graph is not true; this runtime passes raw "
                             "observations and needs artifacts that normalise inside the graph (recompile)");
   }
+  const Json& env_id = Field(root, "env_id");
+  if (env_id.type != Json::kString && env_id.type != Json::kNull) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field env_id must be a string or null");
+  }
 
-  m.inputs = r.Tensors("inputs");
-  m.outputs = r.Tensors("outputs");
-  m.state = r.Tensors("state");
-  const DLDataType f32{kDLFloat, 32, 1};
-  auto is_f32 = [&](const TensorSpec& s) { return s.dtype.code == f32.code && s.dtype.bits == f32.bits; };
+  m.inputs = Tensors(root, "inputs");
+  m.outputs = Tensors(root, "outputs");
+  m.state = Tensors(root, "state");
+  auto is_f32 = [](const TensorSpec& s) { return s.code == kFloat && s.bits == 32; };
   if (m.inputs.size() != 2 || !is_f32(m.inputs[0]) || !is_f32(m.inputs[1]) ||
       m.inputs[0].shape != std::vector<int64_t>{1, obs_dim} || m.inputs[1].shape != std::vector<int64_t>{1, 1}) {
     Fail(SSMC_ERR_ARTIFACT, "manifest.json: inputs must be float32 [1, obs_dim] observation and [1, 1] return-to-go");
@@ -407,95 +851,229 @@ Manifest VerifyArtifact(const fs::path& dir) {
   if (m.outputs.empty() || !is_f32(m.outputs[0]) || m.outputs[0].shape != std::vector<int64_t>{1, act_dim}) {
     Fail(SSMC_ERR_ARTIFACT, "manifest.json: the first output must be the float32 [1, act_dim] action");
   }
-  size_t sum = 0;
+  uint64_t sum = 0;
   for (const TensorSpec& s : m.state) sum += s.bytes;
   if (sum != m.state_bytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: state_bytes does not equal the state tensors' sizes");
   return m;
 }
 
-// ==================================================================================== policy
+// ================================================================================= executors
 
-// Tensors handed to the VM point into buffers the policy owns (TVM never frees them).
-struct BorrowedData {
-  void* data;
-  void AllocData(DLTensor* t) { t->data = data; }
-  void FreeData(DLTensor*) {}
+// Runs one step: reads in (inputs, then the current state), writes every out buffer (outputs, then
+// the new state). Throws a Failure and leaves in untouched on error. Buffers belong to the policy.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual void Step(void* const* in, void* const* out) = 0;
 };
 
-struct Slot {
-  TensorSpec spec;
-  Buffer buffer;
-  ffi::Tensor tensor;  // a view of buffer
+struct DlClose {
+  void operator()(void* h) const { ::dlclose(h); }
 };
 
-Slot MakeSlot(const TensorSpec& spec) {
-  Slot s{spec, AllocBuffer(spec.bytes), ffi::Tensor()};
-  s.tensor = ffi::Tensor::FromNDAlloc(BorrowedData{s.buffer.get()}, ffi::ShapeView(s.spec.shape.data(), s.spec.shape.size()),
-                                      s.spec.dtype, DLDevice{kDLCPU, 0});
-  return s;
+// A static step library (ssmc_static_abi.h): native code that allocates nothing, over one arena.
+class StaticExecutor final : public Executor {
+ public:
+  StaticExecutor(const Manifest& m, const std::string& path) {
+    dlerror();
+    handle_.reset(::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
+    if (!handle_) Fail(SSMC_ERR_ARTIFACT, m.library + ": cannot be loaded (" + DlError() + ")");
+    auto abi_version = Symbol<ssmc_static_abi_version_fn>(m, "ssmc_static_abi_version");
+    auto arena_bytes = Symbol<ssmc_static_arena_bytes_fn>(m, "ssmc_static_arena_bytes");
+    step_ = Symbol<ssmc_static_step_fn>(m, "ssmc_static_step");
+    last_error_ = Symbol<ssmc_static_last_error_fn>(m, "ssmc_static_last_error");
+    const uint32_t abi = abi_version();
+    if (abi != SSMC_STATIC_ABI_VERSION) {
+      Fail(SSMC_ERR_ARTIFACT, m.library + ": static step ABI version " + std::to_string(abi) + ", this runtime speaks " +
+                                  std::to_string(SSMC_STATIC_ABI_VERSION) + " (recompile the model with this ssmc)");
+    }
+    const uint64_t need = arena_bytes();
+    if (need != m.arena_bytes) {
+      Fail(SSMC_ERR_ARTIFACT, "manifest.json: arena_bytes is " + std::to_string(m.arena_bytes) + " but " + m.library +
+                                  " needs " + std::to_string(need));
+    }
+    arena_ = AllocBuffer(need);
+  }
+
+  void Step(void* const* in, void* const* out) override {
+    if (step_(in, out, arena_.get()) != 0) {
+      const char* why = last_error_();
+      Fail(SSMC_ERR_RUNTIME, "step failed: " + (why != nullptr && *why ? OneLine(why) : std::string("no reason given")));
+    }
+  }
+
+ private:
+  template <typename Fn>
+  Fn Symbol(const Manifest& m, const char* name) {
+    void* sym = ::dlsym(handle_.get(), name);
+    if (sym == nullptr) Fail(SSMC_ERR_ARTIFACT, m.library + " does not export " + name + " (not a static step library)");
+    return reinterpret_cast<Fn>(sym);
+  }
+
+  std::unique_ptr<void, DlClose> handle_;  // several policies may share it: dlopen counts references
+  ssmc_static_step_fn step_ = nullptr;
+  ssmc_static_last_error_fn last_error_ = nullptr;
+  Buffer arena_;
+};
+
+struct VmPlugin {
+  ssmc_vm_open_fn open = nullptr;
+  ssmc_vm_step_fn step = nullptr;
+  ssmc_vm_error_fn error = nullptr;
+  ssmc_vm_close_fn close = nullptr;
+};
+
+// The directory this libssmc.so was loaded from.
+std::string OwnDirectory() {
+  Dl_info info;
+  if (::dladdr(reinterpret_cast<void*>(&ssmc_version), &info) == 0 || info.dli_fname == nullptr) return ".";
+  std::string path(info.dli_fname);
+  if (char* real = ::realpath(info.dli_fname, nullptr)) {
+    path = real;
+    std::free(real);
+  }
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+}
+
+// libssmc_vm.so next to this library, loaded on first use and kept for the process's lifetime
+// (TVM's runtime is not made to be unloaded). A failed load is not remembered: the next open retries.
+const VmPlugin& LoadVmPlugin() {
+  static std::mutex mu;
+  static VmPlugin plugin;
+  std::lock_guard<std::mutex> lock(mu);
+  if (plugin.open != nullptr) return plugin;
+  const std::string path = OwnDirectory() + "/libssmc_vm.so";
+  dlerror();
+  void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (h == nullptr) {
+    Fail(SSMC_ERR_ARTIFACT, "this artifact uses the VM executor, which needs libssmc_vm.so and TVM's runtime libraries "
+                            "next to libssmc.so (" + DlError() + ")");
+  }
+  auto version = reinterpret_cast<ssmc_vm_plugin_version_fn>(::dlsym(h, "ssmc_vm_plugin_version"));
+  VmPlugin p;
+  p.open = reinterpret_cast<ssmc_vm_open_fn>(::dlsym(h, "ssmc_vm_open"));
+  p.step = reinterpret_cast<ssmc_vm_step_fn>(::dlsym(h, "ssmc_vm_step"));
+  p.error = reinterpret_cast<ssmc_vm_error_fn>(::dlsym(h, "ssmc_vm_error"));
+  p.close = reinterpret_cast<ssmc_vm_close_fn>(::dlsym(h, "ssmc_vm_close"));
+  if (version == nullptr || p.open == nullptr || p.step == nullptr || p.error == nullptr || p.close == nullptr) {
+    ::dlclose(h);
+    Fail(SSMC_ERR_ARTIFACT, path + " is not the ssmc VM plugin (its symbols are missing)");
+  }
+  if (version() != SSMC_VM_PLUGIN_VERSION) {
+    const uint32_t v = version();
+    ::dlclose(h);
+    Fail(SSMC_ERR_ARTIFACT, path + " is plugin version " + std::to_string(v) + ", this libssmc.so needs " +
+                                std::to_string(SSMC_VM_PLUGIN_VERSION) + " (use the two from one bundle)");
+  }
+  plugin = p;
+  return plugin;
 }
 
 void SetDefaultThreads() {
   if (std::getenv("TVM_NUM_THREADS") == nullptr) setenv("TVM_NUM_THREADS", "1", 0);
 }
 
+// A Relax VM executable, run by the plugin over TVM's runtime.
+class VmExecutor final : public Executor {
+ public:
+  VmExecutor(const Manifest& m, const std::string& path) : plugin_(LoadVmPlugin()) {
+    SetDefaultThreads();
+    std::vector<ssmc_vm_tensor> in, out;
+    auto add = [](std::vector<ssmc_vm_tensor>& to, const std::vector<TensorSpec>& specs) {
+      for (const TensorSpec& s : specs) {
+        to.push_back(ssmc_vm_tensor{s.name.c_str(), s.shape.data(), static_cast<int32_t>(s.shape.size()), s.code, s.bits,
+                                    static_cast<uint64_t>(s.bytes)});
+      }
+    };
+    add(in, m.inputs);
+    add(in, m.state);
+    add(out, m.outputs);
+    add(out, m.state);
+    if (plugin_.open(path.c_str(), m.entry.c_str(), in.data(), in.size(), out.data(), out.size(), &vm_) != 0) {
+      Fail(SSMC_ERR_ARTIFACT, OneLine(plugin_.error(nullptr)));
+    }
+  }
+  ~VmExecutor() override { plugin_.close(vm_); }
+
+  void Step(void* const* in, void* const* out) override {
+    if (plugin_.step(vm_, in, out) != 0) Fail(SSMC_ERR_RUNTIME, OneLine(plugin_.error(vm_)));
+  }
+
+ private:
+  const VmPlugin& plugin_;
+  ssmc_vm* vm_ = nullptr;
+};
+
+// True when no element of the tensor is NaN or inf (integers always are finite).
+bool AllFinite(const void* data, const TensorSpec& s) {
+  if (s.code != kFloat) return true;
+  uint32_t bad = 0;
+  if (s.bits == 32) {
+    const auto* w = static_cast<const uint32_t*>(data);
+    for (size_t i = 0; i < s.bytes / 4; ++i) bad |= (w[i] & 0x7F800000u) == 0x7F800000u;
+  } else if (s.bits == 16) {
+    const auto* w = static_cast<const uint16_t*>(data);
+    for (size_t i = 0; i < s.bytes / 2; ++i) bad |= (w[i] & 0x7C00u) == 0x7C00u;
+  } else if (s.bits == 64) {
+    const auto* w = static_cast<const uint64_t*>(data);
+    for (size_t i = 0; i < s.bytes / 8; ++i) bad |= (w[i] & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
+  }
+  return bad == 0;
+}
+
 }  // namespace
+
+// ==================================================================================== policy
 
 struct ssmc_policy {
   Manifest manifest;
   std::string error;
-  std::optional<ffi::Module> library;  // keeps the shared library loaded
-  std::optional<ffi::Module> vm;
-  ffi::Function step;
-  std::vector<Slot> inputs, state;
-  std::vector<ffi::AnyView> args;
+  std::vector<Buffer> buffers;  // inputs, outputs, two copies of the state: all allocated by Open
+  // The step's argument lists. in: inputs, then the current state; out: outputs, then the next
+  // state. A committed step swaps the two state halves, so nothing is copied and nothing allocated.
+  std::vector<void*> in, out;
+  std::unique_ptr<Executor> executor;  // declared last: destroyed before the buffers it was given
   double rtg = 0.0;
   bool first = true;
   uint64_t steps = 0;
 
   static ssmc_policy* Open(const char* artifact_dir) {
     if (artifact_dir == nullptr) Fail(SSMC_ERR_ARGUMENT, "artifact path is NULL");
-    fs::path dir = fs::absolute(fs::path(artifact_dir));
     std::unique_ptr<ssmc_policy> p(new ssmc_policy());
     try {
-      p->manifest = VerifyArtifact(dir);
+      p->manifest = VerifyArtifact(artifact_dir);
+      const Manifest& m = p->manifest;
+      const std::string library = m.dir + "/" + m.library;
+      if (m.executor == "static") p->executor.reset(new StaticExecutor(m, library));
+      else p->executor.reset(new VmExecutor(m, library));
+      auto alloc = [&](const std::vector<TensorSpec>& specs, std::vector<void*>& to) {
+        for (const TensorSpec& s : specs) {
+          p->buffers.push_back(AllocBuffer(s.bytes));
+          to.push_back(p->buffers.back().get());
+        }
+      };
+      alloc(m.inputs, p->in);
+      alloc(m.state, p->in);
+      alloc(m.outputs, p->out);
+      alloc(m.state, p->out);
     } catch (const Failure& f) {
-      Fail(f.status, "artifact " + std::string(artifact_dir) + ": " + f.message);
+      Fail(f.status, "artifact " + OneLine(artifact_dir) + ": " + f.message);
     }
-    SetDefaultThreads();
-    const Manifest& m = p->manifest;
-    try {
-      p->library = ffi::Module::LoadFromFile(ffi::String((dir / m.library).string()));
-      auto load_exec = (*p->library)->GetFunction("vm_load_executable");
-      if (!load_exec) Fail(SSMC_ERR_ARTIFACT, m.library + " holds no Relax VM executable");
-      p->vm = (*load_exec)().cast<ffi::Module>();
-      auto init = (*p->vm)->GetFunction("vm_initialization");
-      if (!init) Fail(SSMC_ERR_RUNTIME, "the VM has no vm_initialization");
-      constexpr int kPooledAllocator = 2;
-      (*init)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
-      auto entry = (*p->vm)->GetFunction(ffi::String(m.entry));
-      if (!entry) Fail(SSMC_ERR_ARTIFACT, m.library + " has no function " + m.entry);
-      p->step = *entry;
-    } catch (const ffi::Error& e) {
-      Fail(SSMC_ERR_ARTIFACT, "artifact " + std::string(artifact_dir) + ": loading " + m.library + " failed: " +
-                                  e.kind() + ": " + e.message());
-    }
-    for (const TensorSpec& s : m.inputs) p->inputs.push_back(MakeSlot(s));
-    for (const TensorSpec& s : m.state) p->state.push_back(MakeSlot(s));
-    for (const Slot& s : p->inputs) p->args.emplace_back(s.tensor);
-    for (const Slot& s : p->state) p->args.emplace_back(s.tensor);
-    p->Reset(m.target_return);
+    p->Reset(p->manifest.target_return);
     return p.release();
   }
 
   void Reset(double target_return) {
     if (!std::isfinite(target_return)) Fail(SSMC_ERR_INPUT, "target return is not finite");
-    for (Slot& s : state) std::memset(s.buffer.get(), 0, s.spec.bytes);
+    const size_t n_in = manifest.inputs.size();
+    for (size_t i = 0; i < manifest.state.size(); ++i) std::memset(in[n_in + i], 0, manifest.state[i].bytes);
     rtg = target_return;
     first = true;
     steps = 0;
   }
 
+  // Allocates nothing unless it fails: the checks, the step, the checks of its results, the commit.
   void Act(const float* obs, size_t n_obs, double last_reward, float* action, size_t n_action) {
     const Manifest& m = manifest;
     if (obs == nullptr || action == nullptr) Fail(SSMC_ERR_ARGUMENT, "observation or action pointer is NULL");
@@ -513,47 +1091,27 @@ struct ssmc_policy {
       }
     }
     if (!std::isfinite(last_reward)) Fail(SSMC_ERR_INPUT, "last reward is not finite");
-    double rtg_next = first ? rtg : rtg - last_reward;
+    const double rtg_next = first ? rtg : rtg - last_reward;
     if (!std::isfinite(static_cast<float>(rtg_next))) Fail(SSMC_ERR_INPUT, "return-to-go overflows float32");
 
-    std::memcpy(inputs[0].buffer.get(), obs, n_obs * sizeof(float));
+    std::memcpy(in[0], obs, n_obs * sizeof(float));
     const float rtg_f = static_cast<float>(rtg_next);
-    std::memcpy(inputs[1].buffer.get(), &rtg_f, sizeof(float));
+    std::memcpy(in[1], &rtg_f, sizeof(float));
 
-    ffi::Any result;
-    try {
-      step.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
-    } catch (const ffi::Error& e) {
-      Fail(SSMC_ERR_RUNTIME, "step failed: " + e.kind() + ": " + e.message());
-    }
-    // Outputs: (action, *new_state). Check everything before committing anything.
-    auto outs = result.try_cast<ffi::Array<ffi::Any>>();
-    const size_t want = m.outputs.size() + m.state.size();
-    if (!outs || outs->size() != want) Fail(SSMC_ERR_RUNTIME, "step returned an unexpected number of outputs");
-    for (size_t i = 0; i < want; ++i) {
-      auto t = (*outs)[i].try_cast<ffi::Tensor>();
-      const TensorSpec& spec = i < m.outputs.size() ? m.outputs[i] : m.state[i - m.outputs.size()];
-      if (!t || !t->IsContiguous() || static_cast<size_t>(t->numel()) * (t->dtype().bits / 8) != spec.bytes ||
-          t->dtype().code != spec.dtype.code || t->device().device_type != kDLCPU) {
-        Fail(SSMC_ERR_RUNTIME, "step output " + spec.name + " has an unexpected shape, dtype or device");
+    executor->Step(in.data(), out.data());
+    // Check everything before committing anything.
+    if (!AllFinite(out[0], m.outputs[0])) Fail(SSMC_ERR_RUNTIME, "the step produced a non-finite action (state left unchanged)");
+    const size_t n_in = m.inputs.size(), n_out = m.outputs.size();
+    for (size_t i = 0; i < m.state.size(); ++i) {
+      if (!AllFinite(out[n_out + i], m.state[i])) {
+        Fail(SSMC_ERR_RUNTIME, "the step produced a non-finite new state (" + m.state[i].name + "; state left unchanged)");
       }
     }
-    const float* act = static_cast<const float*>(OutputData((*outs)[0].cast<ffi::Tensor>()));
-    for (size_t i = 0; i < m.act_dim; ++i) {
-      if (!std::isfinite(act[i])) Fail(SSMC_ERR_RUNTIME, "the step produced a non-finite action (state left unchanged)");
-    }
-    std::memcpy(action, act, m.act_dim * sizeof(float));
-    for (size_t i = 0; i < state.size(); ++i) {
-      ffi::Tensor t = (*outs)[m.outputs.size() + i].cast<ffi::Tensor>();
-      std::memmove(state[i].buffer.get(), OutputData(t), state[i].spec.bytes);
-    }
+    std::memcpy(action, out[0], m.act_dim * sizeof(float));
+    for (size_t i = 0; i < m.state.size(); ++i) std::swap(in[n_in + i], out[n_out + i]);
     rtg = rtg_next;
     first = false;
     ++steps;
-  }
-
-  static const void* OutputData(const ffi::Tensor& t) {
-    return static_cast<const uint8_t*>(t.data_ptr()) + t.byte_offset();
   }
 };
 
@@ -571,11 +1129,8 @@ ssmc_status Guard(std::string* error, Fn&& fn) {
   } catch (const Failure& f) {
     if (error != nullptr) *error = f.message;
     return f.status;
-  } catch (const ffi::Error& e) {
-    if (error != nullptr) *error = "TVM runtime: " + e.kind() + ": " + e.message();
-    return SSMC_ERR_RUNTIME;
   } catch (const std::exception& e) {
-    if (error != nullptr) *error = std::string("runtime error: ") + e.what();
+    if (error != nullptr) *error = OneLine((std::string("runtime error: ") + e.what()).c_str());
     return SSMC_ERR_RUNTIME;
   } catch (...) {
     if (error != nullptr) *error = "unknown runtime error";
@@ -629,12 +1184,12 @@ size_t ssmc_state_bytes(const ssmc_policy* policy) { return policy == nullptr ? 
 const char* ssmc_info(const ssmc_policy* policy, const char* key) {
   if (policy == nullptr || key == nullptr) return nullptr;
   const Manifest& m = policy->manifest;
-  const std::string k(key);
-  if (k == "model_kind") return m.model_kind.c_str();
-  if (k == "semantics") return m.semantics.c_str();
-  if (k == "precision") return m.precision.c_str();
-  if (k == "target") return m.target_name.c_str();
-  if (k == "library") return m.library.c_str();
+  if (std::strcmp(key, "model_kind") == 0) return m.model_kind.c_str();
+  if (std::strcmp(key, "semantics") == 0) return m.semantics.c_str();
+  if (std::strcmp(key, "precision") == 0) return m.precision.c_str();
+  if (std::strcmp(key, "target") == 0) return m.target_name.c_str();
+  if (std::strcmp(key, "library") == 0) return m.library.c_str();
+  if (std::strcmp(key, "executor") == 0) return m.executor.c_str();
   return nullptr;
 }
 

@@ -142,11 +142,11 @@ typedef struct {
 static void print_summary(const char *mode, const Options *o, Stats *s, const float *action, size_t act_dim,
                           ssmc_policy *p) {
   qsort(s->latency_ns, (size_t)s->steps, sizeof(int64_t), cmp_i64);
-  printf("{\"mode\": \"%s\", \"model_kind\": \"%s\", \"precision\": \"%s\", \"target\": \"%s\", "
+  printf("{\"mode\": \"%s\", \"model_kind\": \"%s\", \"precision\": \"%s\", \"target\": \"%s\", \"executor\": \"%s\", "
          "\"realtime\": %s, \"rate_hz\": %.3f, \"steps\": %ld, \"errors\": %ld, \"deadline_misses\": %ld, "
          "\"latency_us\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f}, "
          "\"rss_after_open_kb\": %ld, \"rss_end_kb\": %ld, \"peak_rss_kb\": %ld, \"last_action\": [",
-         mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), s->realtime ? "true" : "false", o->rate_hz, s->steps,
+         mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), ssmc_info(p, "executor"), s->realtime ? "true" : "false", o->rate_hz, s->steps,
          s->errors, s->misses, percentile_us(s->latency_ns, s->steps, 0.5), percentile_us(s->latency_ns, s->steps, 0.99),
          percentile_us(s->latency_ns, s->steps, 1.0), s->rss_open_kb, rss_kb(), peak_rss_kb());
   for (size_t i = 0; i < act_dim; ++i) printf("%s%.9g", i ? ", " : "", action[i]);
