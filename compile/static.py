@@ -395,6 +395,20 @@ def glue_source(plan: StaticPlan, banner: str) -> str:
               "SSMC_EXPORT uint64_t ssmc_static_arena_bytes(void) { return SSMC_ARENA_BYTES; }",
               "SSMC_EXPORT const char *ssmc_static_last_error(void) { return ssmc_error; }", ""]
 
+    # -DSSMC_PROFILE builds a library that also times every kernel call (tools/bench/static_kernels.py)
+    names = sorted(plan.kernels)
+    lines += ["#ifdef SSMC_PROFILE", "#include <time.h>",
+              f"static double ssmc_prof_ns[{len(names)}]; static long ssmc_prof_calls[{len(names)}];",
+              "static const char *ssmc_prof_names[] = {" + ", ".join(f'"{n}"' for n in names) + "};",
+              "static double ssmc_prof_now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); "
+              "return ts.tv_sec * 1e9 + ts.tv_nsec; }",
+              f"SSMC_EXPORT int ssmc_profile_kernels(void) {{ return {len(names)}; }}",
+              "SSMC_EXPORT const char *ssmc_profile_name(int i) { return ssmc_prof_names[i]; }",
+              "SSMC_EXPORT double ssmc_profile_ns(int i) { return ssmc_prof_ns[i]; }",
+              "SSMC_EXPORT long ssmc_profile_calls(int i) { return ssmc_prof_calls[i]; }",
+              "#define SSMC_CALL(k, call) { double t0_ = ssmc_prof_now(); if ((call) != 0) goto fail; "
+              "ssmc_prof_ns[k] += ssmc_prof_now() - t0_; ssmc_prof_calls[k]++; }",
+              "#else", "#define SSMC_CALL(k, call) if ((call) != 0) goto fail;", "#endif", ""]
     n_args = max((len(c.args) for c in plan.calls), default=1)
     lines += ["SSMC_EXPORT int32_t ssmc_static_step(void *const *in, void *const *out, void *arena) {",
               f"  DLTensor t[{max(len(plan.tensors), 1)}];",
@@ -414,7 +428,7 @@ def glue_source(plan: StaticPlan, banner: str) -> str:
         args = " ".join(f"a[{j}].type_index = {_FFI_DLTENSOR_PTR}; a[{j}].zero_padding = 0; a[{j}].v_ptr = &t[{x}];"
                         for j, x in enumerate(c.args))
         lines.append(f"  {args}")
-        lines.append(f"  if (__tvm_ffi_{c.kernel}(NULL, a, {len(c.args)}, &r) != 0) goto fail;")
+        lines.append(f"  SSMC_CALL({names.index(c.kernel)}, __tvm_ffi_{c.kernel}(NULL, a, {len(c.args)}, &r));")
     for slot, x in plan.copies:
         lines.append(f"  memcpy(out[{slot}], t[{x}].data, {plan.tensors[x].nbytes});")
     lines += ["  ssmc_ws_top = ssmc_ws_end = NULL;", "  return 0;", "fail:",
@@ -475,20 +489,21 @@ def write_sources(plan: StaticPlan, kernels_c: str | None, out: Path, banner: st
 
 
 def build_library(plan: StaticPlan, target: Target, workdir: Path, library: Path, banner: str,
-                  say: Callable[[str], None]) -> dict[str, Any]:
+                  say: Callable[[str], None], profile: bool = False) -> dict[str, Any]:
     """Compile the kernels with LLVM and link them with the glue into ``library`` (a shared object that
-    needs libc and libm only). Returns what the manifest records about the build."""
+    needs libc and libm only). Returns what the manifest records about the build. ``profile`` adds a
+    per-kernel timer (``ssmc_profile_*``; never in an artifact)."""
     module, workspace = build_kernels(plan, target.tvm_target(), c_source=False)
     plan.workspace_bytes = workspace
     kernels_o = workdir / "kernels.o"
     module.write_to_file(str(kernels_o))
-    sources = write_sources(plan, None, workdir, banner)
+    write_sources(plan, None, workdir, banner)
     cc = _compiler(target)
-    cmd = [cc, "-std=c99", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-o", str(library),
+    cmd = [cc, "-std=c99", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", *(["-DSSMC_PROFILE",
+           "-D_POSIX_C_SOURCE=199309L"] if profile else []), "-o", str(library),
            str(workdir / "ssmc_step.c"), str(workdir / "ssmc_weights.c"), str(kernels_o), "-lm",
            "-Wl,--exclude-libs,ALL", "-Wl,-z,noexecstack"]
     _run(cmd, "linking the static step")
-    del sources
     say(f"static: {len(plan.calls)} kernel calls of {len(plan.kernels)} kernels, arena {plan.arena_bytes:,} bytes "
         f"(workspace {workspace:,}), weights {len(plan.blob):,} bytes")
     return plan.summary()
