@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ def test_peers_agree_with_pytorch_and_get_timed(bench, tmp_path) -> None:
 def static_step():
     spec = importlib.util.spec_from_file_location("static_step", ROOT / "tools" / "bench" / "static_step.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["static_step"] = module  # its dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 

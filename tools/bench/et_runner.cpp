@@ -6,8 +6,11 @@
 //   et_runner PROGRAM.pte INPUT_DIR --steps N [--warmup W] [--dump DIR]
 //
 // INPUT_DIR/in<i>.bin holds input i of method "forward" as raw float32 (row-major, the method's shape).
-// Inputs are bound once; each step is one Method::execute() on them (what ExecuTorch's own
-// executor_runner times), timed alone with CLOCK_MONOTONIC. Prints one JSON line:
+// Each step sets every input (Method::set_input copies it into the method's memory-planned input
+// buffer) and runs Method::execute(): what Module::forward does, and what a control loop must do,
+// since the state comes back as outputs and goes in as inputs. The inputs must be set every step: the
+// memory plan reuses input buffers once they are dead, so a second execute() on inputs set once reads
+// clobbered values. The step (set_input x n + execute) is timed alone with CLOCK_MONOTONIC. Prints:
 //   {"steps": N, "samples_ns": [...]}        per-step latency, in step order
 // --dump DIR writes output o of one step as DIR/out<o>.bin (float32) for the parity check.
 #include <executorch/extension/module/module.h>
@@ -93,15 +96,23 @@ int main(int argc, char** argv) {
 #pragma GCC diagnostic pop
   if (!method.ok()) return 3;
   executorch::runtime::Method* m = *method;
+  std::vector<executorch::runtime::EValue> values;
+  for (auto& t : tensors) values.emplace_back(*t);
+  auto step = [&]() {
+    for (size_t i = 0; i < n_in; ++i) {
+      if (m->set_input(values[i], i) != Error::Ok) return Error::InvalidArgument;
+    }
+    return m->execute();
+  };
   for (long s = 0; s < warmup; ++s) {
-    if (m->execute() != Error::Ok) { std::fprintf(stderr, "et_runner: execute failed\n"); return 4; }
+    if (step() != Error::Ok) { std::fprintf(stderr, "et_runner: step failed\n"); return 4; }
   }
   std::vector<int64_t> samples(size_t(steps > 0 ? steps : 0));
   for (long s = 0; s < steps; ++s) {
     const int64_t t0 = now_ns();
-    const Error e = m->execute();
+    const Error e = step();
     samples[size_t(s)] = now_ns() - t0;
-    if (e != Error::Ok) { std::fprintf(stderr, "et_runner: execute failed\n"); return 4; }
+    if (e != Error::Ok) { std::fprintf(stderr, "et_runner: step failed\n"); return 4; }
   }
   if (!dump.empty()) {
     for (size_t o = 0; o < m->outputs_size(); ++o) {

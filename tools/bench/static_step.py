@@ -614,7 +614,7 @@ def build_model_entries(kind: str, precisions: list[str], peers: list[str], zoo:
             row["build"][f"{precision}/executorch"] = info
             dump = work / f"{kind}-{precision}-et-out"
             dump.mkdir(exist_ok=True)
-            _run([str(et["runner"]), str(pte), str(input_dir), "--steps", "1", "--warmup", "0", "--dump", str(dump)],
+            _run([str(et["runner"]), str(pte), str(input_dir), "--steps", "3", "--dump", str(dump)],
                  "et_runner")
             got = [np.fromfile(dump / f"out{i}.bin", dtype=np.float32).reshape(w.shape) for i, w in enumerate(want)]
             record("executorch", float(max_rel_error(got, want)))
