@@ -1,6 +1,8 @@
 """The C runtime (runtime/c/) and its Python binding: the C API steps an artifact exactly like the PyTorch
 step, refuses tampered artifacts with the same verdicts as ssmc.artifact, rejects bad input without touching
 its state, runs from a C program with no Python, and ``ssmc run`` never imports torch or the model code.
+The guarantees hold for both executors: ``static`` artifacts (libssmc.so alone, no TVM, no allocation per
+step) and ``vm`` artifacts (through the plugin libssmc_vm.so and TVM's runtime).
 
 Artifacts are compiled from small freshly initialised checkpoints (tests/test_compile.py's sizes), with the
 Pendulum-v1 dimensions so they also roll out in a real environment.
@@ -39,6 +41,7 @@ EXTRA = {
     "env_id": "Pendulum-v1",
 }
 KINDS = ("dmm", "dema-rnn")  # one window model, one recurrent model
+EXECUTORS = ("static", "vm")
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,12 @@ def artifacts(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp("rt-artifacts")
     cache: dict[tuple[str, str], Path] = {}
 
-    def get(kind: str, precision: str = "fp32") -> Path:
-        if (kind, precision) not in cache:
-            cache[kind, precision] = compile_checkpoint(checkpoints[kind], "host", precision,
-                                                        out=root / f"{kind}-{precision}.ssmc")
-        return cache[kind, precision]
+    def get(kind: str, precision: str = "fp32", executor: str = "static") -> Path:
+        key = (kind, precision, executor)
+        if key not in cache:
+            cache[key] = compile_checkpoint(checkpoints[kind], "host", precision, executor=executor,
+                                            out=root / f"{kind}-{precision}-{executor}.ssmc")
+        return cache[key]
 
     return get
 
@@ -79,12 +83,14 @@ def _inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- the C runtime steps like PyTorch -------------------------------------------------------------------
 
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_c_runtime_matches_pytorch_over_200_steps(kind, checkpoints, artifacts) -> None:
+def test_c_runtime_matches_pytorch_over_200_steps(kind, executor, checkpoints, artifacts) -> None:
     model, extra = load_checkpoint(checkpoints[kind])
     reference = TorchPolicy(model, extra)
     obs, rewards = _inputs(200, seed=1)
-    with Policy(artifacts(kind)) as policy:
+    with Policy(artifacts(kind, executor=executor)) as policy:
+        assert policy.info["executor"] == executor
         for target in (-150.0, -600.0):  # and again after a reset, from another return
             policy.reset(target)
             reference.reset(target)
@@ -94,11 +100,12 @@ def test_c_runtime_matches_pytorch_over_200_steps(kind, checkpoints, artifacts) 
             assert policy.steps == 200
 
 
-def test_int8_artifact_error_is_bounded(checkpoints, artifacts) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_int8_artifact_error_is_bounded(executor, checkpoints, artifacts) -> None:
     model, extra = load_checkpoint(checkpoints["dmm"])
     reference = TorchPolicy(model, extra)
     obs, rewards = _inputs(200, seed=2)
-    with Policy(artifacts("dmm", "int8")) as policy:
+    with Policy(artifacts("dmm", "int8", executor)) as policy:
         assert policy.info["precision"] == "int8"
         reference.reset()
         policy.reset()
@@ -108,10 +115,11 @@ def test_int8_artifact_error_is_bounded(checkpoints, artifacts) -> None:
     assert 0.0 < err < BOUNDS["int8"]  # not zero: the weights really are int8
 
 
-def test_reference_pairs_are_reproduced_through_the_c_api(artifacts) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_reference_pairs_are_reproduced_through_the_c_api(executor, artifacts) -> None:
     """The recorded PyTorch steps, fed as (observation, reward) with the reward that moves the C runtime's
     return-to-go from one recorded value to the next."""
-    path = artifacts("dmm")
+    path = artifacts("dmm", executor=executor)
     steps = read_reference(path / "reference.safetensors", load_manifest(path))
     rtg = [float(s.inputs["rtg_raw"][0, 0]) for s in steps]
     with Policy(path) as policy:
@@ -120,23 +128,28 @@ def test_reference_pairs_are_reproduced_through_the_c_api(artifacts) -> None:
     assert max_rel_error([np.stack(got)], [np.stack([s.outputs["action"][0] for s in steps])]) < BOUNDS["fp32"]
 
 
-def test_policy_reports_the_manifest(artifacts) -> None:
-    path = artifacts("dema-rnn")
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_policy_reports_the_manifest(executor, artifacts) -> None:
+    path = artifacts("dema-rnn", executor=executor)
     m = load_manifest(path)
     with Policy(path) as policy:
         assert (policy.obs_dim, policy.act_dim) == (OBS, ACT)
         assert policy.default_target_return == m.target_return
         assert policy.state_bytes == m.state_bytes > 0
         assert policy.info == {"model_kind": "dema-rnn", "semantics": "recurrent", "precision": "fp32",
-                               "target": "host", "library": m.library}
+                               "target": "host", "library": m.library, "executor": executor}
     with pytest.raises(PolicyError, match="closed"):
         policy.act(np.zeros(OBS))
 
 
 # -- bad input changes nothing -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", ["nan_obs", "inf_obs", "short_obs", "long_obs", "nan_reward", "inf_reward"])
-def test_a_rejected_call_changes_nothing(bad, artifacts) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("bad", ["nan_obs", "inf_obs", "short_obs", "long_obs", "nan_reward", "inf_reward",
+                                 "huge_obs"])
+def test_a_rejected_call_changes_nothing(bad, executor, artifacts) -> None:
+    """Bad arguments are refused before the step runs; a step whose result is not finite (a finite but huge
+    observation overflows the normalisation: the step itself ran) is refused before anything is committed."""
     obs, rewards = _inputs(6, seed=3)
     bad_args = {
         "nan_obs": (np.array([0.1, np.nan, 0.2]), 0.5, "input", "observation\\[1\\] is NaN"),
@@ -145,8 +158,10 @@ def test_a_rejected_call_changes_nothing(bad, artifacts) -> None:
         "long_obs": (np.zeros(OBS + 4), 0.5, "argument", "has 7 values, the policy takes 3"),
         "nan_reward": (obs[0], float("nan"), "input", "reward is not finite"),
         "inf_reward": (obs[0], float("inf"), "input", "reward is not finite"),
+        "huge_obs": (np.array([3e38, 0.0, 0.0]), 0.5, "runtime", "non-finite action \\(state left unchanged\\)"),
     }[bad]
-    with Policy(artifacts("dema-rnn")) as clean, Policy(artifacts("dema-rnn")) as faulty:
+    path = artifacts("dema-rnn", executor=executor)
+    with Policy(path) as clean, Policy(path) as faulty:
         want = [clean.act(o, r) for o, r in zip(obs, rewards, strict=True)]
         got = []
         for i, (o, r) in enumerate(zip(obs, rewards, strict=True)):
@@ -178,7 +193,10 @@ TAMPER = {
     "truncated": (lambda d: (d / "lib.so").write_bytes((d / "lib.so").read_bytes()[:-100]), "truncated"),
     "extra file": (lambda d: (d / "notes.txt").write_text("hi"), "notes.txt: unexpected file"),
     "missing file": (lambda d: (d / "reference.safetensors").unlink(), "reference.safetensors: missing"),
-    "newer format": (lambda d: _edit_manifest(d, format_version=2), "format version 2 is newer"),
+    "newer format": (lambda d: _edit_manifest(d, format_version=3), "format version 3 is newer"),
+    "older format": (lambda d: _edit_manifest(d, format_version=1), "format version 1 is older"),
+    "unknown executor": (lambda d: _edit_manifest(d, executor="aot"), "executor"),
+    "not utf-8": (lambda d: _replace_in_manifest(d, b'"dmm"', b'"dm\xc3"'), "not UTF-8 text"),
     "no manifest": (lambda d: (d / "manifest.json").unlink(), "manifest.json"),
     "bad json": (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json"),
 }
@@ -190,9 +208,16 @@ def _edit_manifest(d: Path, **fields) -> None:
     (d / "manifest.json").write_text(json.dumps(m))
 
 
+def _replace_in_manifest(d: Path, old: bytes, new: bytes) -> None:
+    raw = (d / "manifest.json").read_bytes()
+    assert old in raw
+    (d / "manifest.json").write_bytes(raw.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("case", list(TAMPER))
-def test_tampered_artifacts_are_refused(case, artifacts, tmp_path) -> None:
-    path = _copy(artifacts("dmm"), tmp_path)
+def test_tampered_artifacts_are_refused(case, executor, artifacts, tmp_path) -> None:
+    path = _copy(artifacts("dmm", executor=executor), tmp_path)
     tamper, message = TAMPER[case]
     tamper(path)
     with pytest.raises(PolicyError, match=message) as e:
@@ -203,10 +228,11 @@ def test_tampered_artifacts_are_refused(case, artifacts, tmp_path) -> None:
         load_manifest(path)
 
 
-def test_artifacts_for_another_architecture_or_device_are_refused(artifacts, tmp_path) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_artifacts_for_another_architecture_or_device_are_refused(executor, artifacts, tmp_path) -> None:
     from ssmc.targets import load_target
 
-    path = _copy(artifacts("dmm"), tmp_path)
+    path = _copy(artifacts("dmm", executor=executor), tmp_path)
     _edit_manifest(path, target=load_target("rpi5").to_dict())
     with pytest.raises(PolicyError, match="built for aarch64 \\(target rpi5\\), this runtime is x86_64"):
         Policy(path)
@@ -232,12 +258,13 @@ def test_sha256_agrees_with_hashlib_at_block_boundaries(artifacts, tmp_path) -> 
         Policy(path)
 
 
-def test_tar_artifacts_open_through_the_binding(artifacts, tmp_path) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_tar_artifacts_open_through_the_binding(executor, artifacts, tmp_path) -> None:
     from ssmc.artifact import pack_tar
 
-    tar = pack_tar(_copy(artifacts("dmm"), tmp_path))
+    tar = pack_tar(_copy(artifacts("dmm", executor=executor), tmp_path))
     obs, rewards = _inputs(5, seed=4)
-    with Policy(tar) as a, Policy(artifacts("dmm")) as b:
+    with Policy(tar) as a, Policy(artifacts("dmm", executor=executor)) as b:
         np.testing.assert_array_equal([a.act(o, r) for o, r in zip(obs, rewards, strict=True)],
                                       [b.act(o, r) for o, r in zip(obs, rewards, strict=True)])
 
@@ -255,12 +282,13 @@ def _c_actions(out: str) -> tuple[np.ndarray, dict]:
     return np.array([[float(x) for x in line.split()] for line in lines[:-1]], np.float32), json.loads(lines[-1])
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_c_control_loop_runs_an_artifact_end_to_end(kind, checkpoints, artifacts) -> None:
+def test_c_control_loop_runs_an_artifact_end_to_end(kind, executor, checkpoints, artifacts) -> None:
     bundle = runtime_bundle()
     steps = 40
-    proc = subprocess.run(bundle.command(str(artifacts(kind)), "--steps", str(steps), "--rate", "2000",
-                                         "--print-actions"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(bundle.command(str(artifacts(kind, executor=executor)), "--steps", str(steps), "--rate",
+                                         "2000", "--print-actions"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     actions, summary = _c_actions(proc.stdout)
     model, extra = load_checkpoint(checkpoints[kind])
@@ -270,6 +298,7 @@ def test_c_control_loop_runs_an_artifact_end_to_end(kind, checkpoints, artifacts
     assert actions.shape == (steps, ACT)
     assert max_rel_error([actions], [want]) < 1e-5
     assert summary["steps"] == steps and summary["errors"] == 0 and summary["model_kind"] == kind
+    assert summary["executor"] == executor
     assert summary["latency_us"]["p50"] > 0 and summary["peak_rss_kb"] > 0
 
 
@@ -284,22 +313,130 @@ def test_c_control_loop_reports_a_bad_artifact_in_one_line(artifacts, tmp_path) 
 def test_bundle_is_self_contained(tmp_path) -> None:
     """Copied elsewhere, the bundle's example still finds libssmc and TVM's runtime through $ORIGIN."""
     bundle = runtime_bundle()
-    assert {p.name for p in bundle.dir.iterdir()} >= {"libssmc.so", "libtvm_runtime.so", "libtvm_ffi.so",
-                                                       "ssmc_control", "ssmc.h"}
+    assert {p.name for p in bundle.dir.iterdir()} >= {"libssmc.so", "libssmc_vm.so", "libtvm_runtime.so",
+                                                       "libtvm_ffi.so", "ssmc_control", "ssmc.h"}
     moved = shutil.copytree(bundle.dir, tmp_path / "bundle")
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     proc = subprocess.run([str(moved / "ssmc_control"), "/nonexistent.ssmc"], capture_output=True, text=True,
-                          env=env, timeout=60)
+                          env=_clean_env(), timeout=60)
     assert proc.returncode == 2 and "no such artifact" in proc.stderr
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+
+
+# -- static artifacts need libssmc.so alone; VM artifacts need its plugin ------------------------------------
+
+def test_libssmc_links_no_tvm() -> None:
+    """libssmc.so needs libc alone (its C++ library is linked in); only the VM plugin links TVM's runtime."""
+    require_tools("ldd")
+    bundle = runtime_bundle()
+    core = subprocess.run(["ldd", str(bundle.library)], capture_output=True, text=True, check=True).stdout
+    assert "tvm" not in core and "libstdc++" not in core, core
+    plugin = subprocess.run(["ldd", str(bundle.vm_plugin)], capture_output=True, text=True, check=True).stdout
+    assert "libtvm_runtime.so" in plugin and "libtvm_ffi.so" in plugin and "not found" not in plugin, plugin
+
+
+@pytest.fixture
+def bare_runtime(tmp_path: Path) -> Path:
+    """libssmc.so and ssmc_control copied into an empty folder: no plugin, no TVM library."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    bundle = runtime_bundle()
+    for f in (bundle.library, bundle.control):
+        shutil.copy2(f, bare / f.name)
+    return bare
+
+
+def test_a_static_artifact_runs_with_libssmc_alone(bare_runtime, checkpoints, artifacts) -> None:
+    steps = 30
+    artifact = artifacts("dema-rnn")
+    proc = subprocess.run([str(bare_runtime / "ssmc_control"), str(artifact), "--steps", str(steps), "--rate", "2000",
+                           "--print-actions"], capture_output=True, text=True, env=_clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    actions, summary = _c_actions(proc.stdout)
+    assert summary["executor"] == "static" and summary["errors"] == 0
+    model, extra = load_checkpoint(checkpoints["dema-rnn"])
+    reference = TorchPolicy(model, extra)
+    reference.reset()
+    want = np.array([reference.act(o, 1.0) for o in _synthetic(steps)], np.float32)
+    assert max_rel_error([actions], [want]) < 1e-5
+    with Policy(artifact, library=bare_runtime / "libssmc.so") as policy:  # the binding on the lone library too
+        np.testing.assert_array_equal([policy.act(o, 1.0) for o in _synthetic(steps)], actions)
+
+
+def test_a_vm_artifact_without_the_plugin_is_refused_in_one_line(bare_runtime, artifacts) -> None:
+    artifact = artifacts("dmm", executor="vm")
+    proc = subprocess.run([str(bare_runtime / "ssmc_control"), str(artifact)], capture_output=True, text=True,
+                          env=_clean_env(), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert ("this artifact uses the VM executor, which needs libssmc_vm.so and TVM's runtime libraries next to "
+            "libssmc.so") in proc.stderr
+    with pytest.raises(PolicyError, match="needs libssmc_vm.so") as e:
+        Policy(artifact, library=bare_runtime / "libssmc.so")
+    assert e.value.status == "artifact" and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["arena_bytes", "entry"])
+def test_a_static_manifest_that_disagrees_with_its_library_is_refused(field, artifacts, tmp_path) -> None:
+    path = _copy(artifacts("dmm"), tmp_path)
+    m = load_manifest(path)
+    assert m.executor == "static" and m.arena_bytes > 0 and m.entry == "ssmc_static_step"
+    if field == "arena_bytes":
+        _edit_manifest(path, arena_bytes=m.arena_bytes + 64)
+        message = f"manifest.json: arena_bytes is {m.arena_bytes + 64} but lib.so needs {m.arena_bytes}$"
+    else:
+        _edit_manifest(path, entry="main")
+        message = "a static artifact's entry is ssmc_static_step, not main$"
+    with pytest.raises(PolicyError, match=message) as e:
+        Policy(path)
+    assert e.value.status == "artifact"
+
+
+def test_a_deeply_nested_manifest_is_refused_in_one_line(artifacts, tmp_path) -> None:
+    """20,000 nested lists inside the manifest: the runtime's JSON parser stops at 64 levels rather than
+    recursing off the stack (run in a C process first: a crash there is a signal, not a lost test run)."""
+    path = _copy(artifacts("dmm"), tmp_path)
+    _replace_in_manifest(path, b'"extra": {', b'"extra": {"deep": ' + b"[" * 20000 + b"]" * 20000 + b", ")
+    proc = subprocess.run(runtime_bundle().command(str(path)), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-300:]
+    assert "manifest.json: not valid JSON (nested deeper than 64 levels at line" in proc.stderr
+    with pytest.raises(PolicyError, match="nested deeper than 64 levels") as e:
+        Policy(path)
+    assert e.value.status == "artifact"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_static_steps_allocate_nothing(executor, artifacts, tmp_path) -> None:
+    """Under an LD_PRELOAD counter of malloc/calloc/realloc/aligned allocations (tools/bench/count_allocs.c),
+    the C loop's total for 2200 steps equals the total for 200 with a static artifact: no allocation per step
+    (both runs sort over 128 latencies at the end, so glibc's qsort mallocs in both). The VM allocates per
+    step, which shows the counter counts."""
+    require_tools("gcc")
+    shim = tmp_path / "libcount.so"
+    source = Path(__file__).resolve().parents[1] / "tools" / "bench" / "count_allocs.c"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True)
+    counts = []
+    for steps in (200, 2200):
+        proc = subprocess.run(runtime_bundle().command(str(artifacts("dema-rnn", executor=executor)), "--steps",
+                                                       str(steps), "--rate", "1e9"),
+                              capture_output=True, text=True, env={**os.environ, "LD_PRELOAD": str(shim)}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        counts.append(int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("allocations "))))
+    if executor == "static":
+        assert counts[1] == counts[0] > 0
+    else:
+        assert counts[1] - counts[0] >= 2000
 
 
 # -- ssmc run: the runtime alone ------------------------------------------------------------------------
 
-def test_ssmc_run_rolls_out_without_importing_torch(artifacts) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_ssmc_run_rolls_out_without_importing_torch(executor, artifacts) -> None:
     code = (
         "import json, sys\n"
         "from ssmc.cli import cli\n"
-        f"cli(['run', {str(artifacts('dmm'))!r}, '--episodes', '1', '--json'], standalone_mode=False)\n"
+        f"cli(['run', {str(artifacts('dmm', executor=executor))!r}, '--episodes', '1', '--json'], standalone_mode=False)\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'ssmc.train.models', "
         "'ssmc.compile', 'tvm')))\n"
         "print(json.dumps({'imported': bad}))\n"
@@ -324,18 +461,20 @@ def test_ssmc_run_scores_like_pytorch_on_the_same_seeds(checkpoints, artifacts) 
 # -- aarch64 under qemu ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_aarch64_artifact_runs_under_qemu_and_matches_the_host(checkpoints, tmp_path) -> None:
-    """The aarch64 build of the runtime (TVM's aarch64 wheels) runs the aarch64 artifact under qemu-user and
-    reproduces the PyTorch step, as the host artifact does."""
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_aarch64_artifact_runs_under_qemu_and_matches_the_host(executor, checkpoints, tmp_path) -> None:
+    """The aarch64 build of the runtime (TVM's aarch64 wheels for the VM plugin) runs the aarch64 artifact under
+    qemu-user and reproduces the PyTorch step, as the host artifact does."""
     require_tools("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64-static")
     bundle = runtime_bundle("aarch64")
-    artifact = compile_checkpoint(checkpoints["dmm"], "aarch64", "fp32", out=tmp_path / "dmm-aarch64.ssmc")
+    artifact = compile_checkpoint(checkpoints["dmm"], "aarch64", "fp32", executor=executor,
+                                  out=tmp_path / f"dmm-aarch64-{executor}.ssmc")
     steps = 20
     proc = subprocess.run(bundle.command(str(artifact), "--steps", str(steps), "--rate", "20", "--print-actions"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     actions, summary = _c_actions(proc.stdout)
-    assert summary["target"] == "aarch64" and summary["errors"] == 0
+    assert summary["target"] == "aarch64" and summary["errors"] == 0 and summary["executor"] == executor
     model, extra = load_checkpoint(checkpoints["dmm"])
     reference = TorchPolicy(model, extra)
     reference.reset()
