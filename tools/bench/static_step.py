@@ -542,6 +542,20 @@ def kernel_breakdown(artifact: Path, args: list[np.ndarray], gemv_gmacs: float) 
             "vm_calls_recorded": len(calls)}
 
 
+def static_breakdown(kind: str, zoo: Path, precision: str, work: Path, gemv_gmacs: float) -> dict[str, Any]:
+    """The static step's own per-kernel timing: tools/bench/static_kernels.py's ``profile_model`` (the glue
+    built with ``-DSSMC_PROFILE`` reads CLOCK_MONOTONIC around every kernel call), with this run's floor."""
+    import static_kernels
+
+    d = work / f"profile-{kind}-{precision}"
+    d.mkdir(parents=True, exist_ok=True)
+    m = static_kernels.profile_model(kind, zoo, precision, 2000, d)
+    for r in m["kernels"]:
+        r["kind"] = r.get("kind") or static_kernels.kind_of(r["kernel"])
+    m["floor_us"] = round(m["macs_per_step"] / (gemv_gmacs * 1e3), 2)
+    return m
+
+
 # ------------------------------------------------------------------------------------- one model
 
 def build_model_entries(kind: str, precisions: list[str], peers: list[str], zoo: Path, work: Path, bundle: Any,
@@ -680,6 +694,13 @@ def _short(name: str, width: int = 64) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
+def _cost(step: float | None, kernels: float | None) -> str:
+    """Step minus its kernels; '≈ 0' when the kernels, profiled apart, add up to more than the step."""
+    if not step or not kernels:
+        return "—"
+    return f"{step - kernels:,.1f}" if step > kernels else f"≈ 0 (kernels {kernels - step:.1f} over)"
+
+
 def _fmt(v: float | None, unit: str = "") -> str:
     return "—" if v is None else f"{v:,.1f}{unit}"
 
@@ -741,10 +762,55 @@ def markdown(result: dict[str, Any]) -> str:
             sysl = ", ".join(Path(p).name for p in f["system_libraries"]) + f" ({f['system_bytes']:,} B)"
             out.append(f"| {key} | {f['artifact_bytes_to_run']:,} | {rt} | **{f['target_bytes']:,}** | {sysl} | "
                        f"{f['peak_rss_kb']:,} KiB | {f['allocations_per_step']:.1f} |")
-    if result.get("breakdown"):
-        for key, b in result["breakdown"].items():
-            out += ["", f"**Kernel breakdown, {key}** (VM artifact; each kernel call timed alone with "
-                    f"`time_evaluator` on its own arguments, warm caches; {b['kernel_calls']} kernel calls of "
+    sb = {k: v for k, v in (result.get("static_breakdown") or {}).items() if "error" not in v}
+    vb = result.get("breakdown") or {}
+    if sb or vb:
+        out += ["", "**Where the time goes** (per step, µs). *static kernels*: the static step's kernels timed inside its "
+                "own call sequence (glue built with `-DSSMC_PROFILE`, tools/bench/static_kernels.py's `profile_model`, "
+                "2,000 steps from ctypes; timer reads add ~20-40 ns a call), grouped by what they do; *VM kernels*: "
+                "each kernel call of one VM step timed alone with `time_evaluator` on its own arguments (warm); "
+                "executor cost = step p50 in the C loop − its kernels. Floor = MACs per step ÷ the GEMV rate.", ""]
+        out.append("| model | precision | static step | static kernels | SSM update | matmuls | other | "
+                   "static executor cost | VM step | VM kernels | VM executor cost | floor | static kernels ÷ floor |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in result["rows"]:
+            for q, lat in r["latency"].items():
+                key = f"{r['model']}/{q}"
+                s_b, v_b = sb.get(key), vb.get(key)
+                s_step, v_step = lat.get("static", {}).get("p50_us"), lat.get("vm", {}).get("p50_us")
+                g = (s_b or {}).get("groups_us", {})
+                pick = lambda prefix, g=g: next((v for k, v in g.items() if k.startswith(prefix)), None)  # noqa: E731
+                sk = s_b["kernels_us"] if s_b else None
+                vk = v_b["sum_us"] if v_b else None
+                fl = r["floor_us"]["gemv"]
+                out.append(f"| {r['model']} | {q} | {_fmt(s_step)} | {_fmt(sk)} | {_fmt(pick('SSM'))} | "
+                           f"{_fmt(pick('matmuls'))} | {_fmt(pick('other'))} | "
+                           f"{_cost(s_step, sk)} | {_fmt(v_step)} | {_fmt(vk)} | "
+                           f"{_cost(v_step, vk)} | {fl:.1f} | "
+                           f"{_fmt(sk / fl if sk else None, '×')} |")
+        for key, m in sb.items():
+            out += ["", f"**Static step kernels, {key}** ({m['kernel_calls_per_step']} kernel calls per step, "
+                    f"Σ {m['kernels_us']:.1f} µs; the ten most expensive)", ""]
+            out.append("| kernel | kind | calls / step | µs / step | share |")
+            out.append("|---|---|---|---|---|")
+            for k in m["kernels"][:10]:
+                out.append(f"| `{_short(k['kernel'])}` | {k['kind']} | {k['calls_per_step']} | {k['us_per_step']:.2f} | "
+                           f"{100 * k['us_per_step'] / m['kernels_us']:.0f} % |")
+        for key, b in vb.items():
+            if sb:  # the static table says it; the VM's matmul rates only, for the GEMV comparison
+                mm = [k for k in b["kernels"] if k["matmul"] and k["macs"] >= 10_000]
+                if not mm:
+                    continue
+                out += ["", f"**Matmul kernels against the GEMV rate, {key}** (VM executable, `time_evaluator`; "
+                        f"{b['matmul_macs']:,} matmul MACs per step in {b['matmul_us']:.1f} µs, floor "
+                        f"{b['matmul_floor_us']:.1f} µs)", ""]
+                out.append("| kernel | calls | µs / step | MACs / step | GMAC/s | floor µs |")
+                out.append("|---|---|---|---|---|---|")
+                for k in mm:
+                    out.append(f"| `{_short(k['kernel'])}` | {k['calls']} | {k['us']:.2f} | {k['macs']:,} | "
+                               f"{_fmt(k['gmacs'])} | {_fmt(k['floor_us'])} |")
+                continue
+            out += ["", f"**Kernel breakdown, {key}** (VM artifact; {b['kernel_calls']} kernel calls of "
                     f"{b['distinct_kernels']} kernels per step: Σ {b['sum_us']:.1f} µs, of which matmuls "
                     f"{b['matmul_us']:.1f} µs for {b['matmul_macs']:,} MACs (floor {b['matmul_floor_us']:.1f} µs at "
                     f"{floor['gemv_gmacs_best']:.1f} GMAC/s) and everything else {b['other_us']:.1f} µs)", ""]
@@ -758,6 +824,9 @@ def markdown(result: dict[str, Any]) -> str:
                 rest = b["kernels"][14:]
                 out.append(f"| ({len(rest)} more) | {sum(k['calls'] for k in rest)} | "
                            f"{sum(k['us'] for k in rest):.2f} | | | |")
+    for key, v in (result.get("static_breakdown") or {}).items():
+        if "error" in v:
+            out += ["", f"Static breakdown of {key} failed: {v['error']}"]
     out += ["", "**Max relative error against PyTorch** (ssmc: the C runtime on the artifact's recorded PyTorch "
             "steps; the others on the timed inputs; int8 against PyTorch on the same int8 weights; bound "
             f"{TOLERANCE:g})", ""]
@@ -919,6 +988,16 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 for key, art in row["artifacts"].items():
                     result["footprint"][f"{row['model']}/{key}"] = footprint(bundle, Path(art))
+        if not args.no_breakdown and "static" in peers:
+            say("per-kernel breakdown of the static steps (-DSSMC_PROFILE glue)")
+            result["static_breakdown"] = {}
+            for row in rows:
+                for q in precisions:
+                    try:
+                        result["static_breakdown"][f"{row['model']}/{q}"] = static_breakdown(
+                            row["model"], args.zoo, q, work, result["floor"]["gemv_gmacs_best"])
+                    except Exception as e:  # noqa: BLE001 - another tool's API; the run's numbers stand without it
+                        result["static_breakdown"][f"{row['model']}/{q}"] = {"error": f"{type(e).__name__}: {e}"}
         if not args.no_breakdown and "vm" in peers:
             say("per-kernel breakdown of the VM executables")
             result["breakdown"] = {}
