@@ -1005,21 +1005,48 @@ class VmExecutor final : public Executor {
   ssmc_vm* vm_ = nullptr;
 };
 
+// True when no element of n has every exponent bit set (kExp): no NaN or inf among n IEEE floats of
+// type T's width. 16-byte vectors (SSE2 / NEON, GCC's vector extension), four at a time: a DeMa-RNN
+// hopper state (100 KB) takes 4 us on this machine, against 18-22 us for the scalar loop, which GCC
+// does not vectorise at -O2 or -Os. The step reads all of it anyway; this only must not cost more.
+template <typename T, T kExp>
+bool NoneAllOnesExponent(const void* data, size_t n) {
+  typedef T Vec __attribute__((vector_size(16)));
+  constexpr size_t kLanes = 16 / sizeof(T);
+  const auto* p = static_cast<const unsigned char*>(data);
+  Vec exp;
+  for (size_t k = 0; k < kLanes; ++k) exp[k] = kExp;
+  Vec bad0 = exp & 0, bad1 = bad0, bad2 = bad0, bad3 = bad0;
+  size_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    Vec a, b, c, d;
+    std::memcpy(&a, p + i * sizeof(T), 16);
+    std::memcpy(&b, p + (i + kLanes) * sizeof(T), 16);
+    std::memcpy(&c, p + (i + 2 * kLanes) * sizeof(T), 16);
+    std::memcpy(&d, p + (i + 3 * kLanes) * sizeof(T), 16);
+    bad0 |= (Vec)((a & exp) == exp);
+    bad1 |= (Vec)((b & exp) == exp);
+    bad2 |= (Vec)((c & exp) == exp);
+    bad3 |= (Vec)((d & exp) == exp);
+  }
+  const Vec bad = bad0 | bad1 | bad2 | bad3;
+  T any = 0;
+  for (size_t k = 0; k < kLanes; ++k) any |= bad[k];
+  for (; i < n; ++i) {
+    T x;
+    std::memcpy(&x, p + i * sizeof(T), sizeof(T));
+    any |= (x & kExp) == kExp;
+  }
+  return any == 0;
+}
+
 // True when no element of the tensor is NaN or inf (integers always are finite).
 bool AllFinite(const void* data, const TensorSpec& s) {
   if (s.code != kFloat) return true;
-  uint32_t bad = 0;
-  if (s.bits == 32) {
-    const auto* w = static_cast<const uint32_t*>(data);
-    for (size_t i = 0; i < s.bytes / 4; ++i) bad |= (w[i] & 0x7F800000u) == 0x7F800000u;
-  } else if (s.bits == 16) {
-    const auto* w = static_cast<const uint16_t*>(data);
-    for (size_t i = 0; i < s.bytes / 2; ++i) bad |= (w[i] & 0x7C00u) == 0x7C00u;
-  } else if (s.bits == 64) {
-    const auto* w = static_cast<const uint64_t*>(data);
-    for (size_t i = 0; i < s.bytes / 8; ++i) bad |= (w[i] & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
-  }
-  return bad == 0;
+  if (s.bits == 32) return NoneAllOnesExponent<uint32_t, 0x7F800000u>(data, s.bytes / 4);
+  if (s.bits == 16) return NoneAllOnesExponent<uint16_t, 0x7C00u>(data, s.bytes / 2);
+  if (s.bits == 64) return NoneAllOnesExponent<uint64_t, 0x7FF0000000000000ull>(data, s.bytes / 8);
+  return true;
 }
 
 }  // namespace
@@ -1197,3 +1224,14 @@ const char* ssmc_version(void) { return SSMC_VERSION; }
 int ssmc_api_version(void) { return SSMC_API_VERSION; }
 
 }  // extern "C"
+
+#if defined(SSMC_STATIC_CXX)
+// With the C++ library linked in (the Makefile's default), libstdc++'s default terminate handler
+// would pull in its demangler to print the type of an uncaught exception: 54 KB of libssmc.so's 146.
+// Nothing can reach std::terminate here (every entry point catches everything, and this copy of the
+// C++ library is private to libssmc.so), so a plain abort serves, and this definition keeps the
+// archive's from being linked.
+namespace __gnu_cxx {
+void __verbose_terminate_handler() { std::abort(); }
+}  // namespace __gnu_cxx
+#endif
