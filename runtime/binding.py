@@ -7,14 +7,16 @@
 
 Why ctypes: the binding must run the very library a C control loop links (libssmc.so), with nothing
 to compile per Python version and no build step at install time; ctypes is in the standard library
-and the API is eight plain C functions over floats, so a generated wrapper (cffi, pybind11) would
+and the API is a dozen plain C functions over floats, so a generated wrapper (cffi, pybind11) would
 buy nothing but a build dependency. Its cost is a few microseconds per call, measured in
 docs/runtime.md next to the C loop's own numbers.
 
 Errors from the C API become ``PolicyError`` (an ``SsmcError``: one line, the C message) carrying
 the status; like the C API, a failed ``act`` changes nothing. ``.tar`` artifacts are unpacked
 (and verified) into a temporary directory first, since the C runtime opens directories.
-No import of torch, TVM's Python package or the model code happens here.
+No import of torch, TVM's Python package or the model code happens here. Static and VM artifacts open
+the same way (``info["executor"]`` says which); a VM artifact needs the bundle's libssmc_vm.so and TVM's
+runtime libraries next to libssmc.so, a static one nothing but libssmc.so.
 """
 
 from __future__ import annotations
