@@ -839,8 +839,9 @@ def markdown(result: dict[str, Any]) -> str:
     for key, v in (result.get("static_breakdown") or {}).items():
         if "error" in v:
             out += ["", f"Static breakdown of {key} failed: {v['error']}"]
-    out += ["", "**Max relative error against PyTorch** (ssmc: the C runtime on the artifact's recorded PyTorch "
-            "steps; the others on the timed inputs; int8 against PyTorch on the same int8 weights; bound "
+    out += ["", "**Max relative error against PyTorch** (ssmc: the C runtime against PyTorch, both stepped from "
+            "zero over the inputs of the artifact's recorded reference steps; the others on the timed inputs; "
+            "int8 against PyTorch on the same int8 weights; bound "
             f"{TOLERANCE:g})", ""]
     out.append("| model | " + " | ".join(f"`{k}`" for k in sorted({k for r in result["rows"]
                                                                      for k in r["max_rel_error_vs_pytorch"]})) + " |")
