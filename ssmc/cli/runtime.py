@@ -125,9 +125,10 @@ def runtime_cmd(arch: str | None, rebuild: bool) -> None:
     """Build the C runtime bundle and print its folder.
 
     \b
-    The folder holds libssmc.so (runtime/c/ssmc.h's C API), libtvm_runtime.so, libtvm_ffi.so,
-    the ssmc_control example and ssmc.h, linked with RPATH $ORIGIN: copy it with an artifact
-    to the robot. Link your own loop with: cc loop.c -I DIR -L DIR -lssmc -Wl,-rpath,DIR
+    The folder holds libssmc.so (runtime/c/ssmc.h's C API; needs libc only), the ssmc_control
+    example and ssmc.h, plus libssmc_vm.so, libtvm_runtime.so and libtvm_ffi.so for VM artifacts,
+    linked with RPATH $ORIGIN. A static artifact needs only libssmc.so (and your loop) on the
+    robot. Link your own loop with: cc loop.c -I DIR -L DIR -lssmc -Wl,-rpath,DIR
     """
     from ssmc.runtime import runtime_bundle
 
