@@ -462,7 +462,7 @@ class StaticBuild:
 
 
 def _compiler(target: Target) -> str:
-    cc = (target.cross_compiler or "cc") if target.cross_compiler else ("cc" if shutil.which("cc") else "gcc")
+    cc = target.cross_compiler or ("cc" if shutil.which("cc") else "gcc")
     if shutil.which(cc) is None:
         hint = "apt-get install gcc-aarch64-linux-gnu" if target.cross_compiler else "apt-get install gcc"
         raise ConfigError(f"the static executor links with {cc}, which is not installed (Debian/Ubuntu: {hint})")

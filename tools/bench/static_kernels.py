@@ -8,9 +8,8 @@ Hopper-size model, obs 11 / act 3, as tools/bench/step_latency.py does) the recu
 exactly as ``ssmc compile --executor static`` compiles it, but linked with ``-DSSMC_PROFILE``: the glue
 (compile/static.py) then reads CLOCK_MONOTONIC around every kernel call. ``--steps`` steps run from C
 through ctypes on one thread; the table gives each kernel's calls per step, µs per step and share, the
-kernels grouped by what they do (the SSM state update with its exp(Δ·A), matmuls, the rest), the sum of
-all kernels against the whole step timed without the profiler, and the compute floor: MACs per step ÷
-this core's single-thread GEMV rate, measured in the same run (a 1x256 @ 256x256 fp32 product in numpy).
+kernels grouped by what they do (the SSM state update with its exp(Δ·A), matmuls, the rest), their sum,
+and the compute floor: MACs per step ÷ this core's single-thread GEMV rate, measured in the same run (a 1x256 @ 256x256 fp32 product in numpy).
 Timer reads cost ~20-40 ns per call, so the kernel sum slightly overstates the profiled step.
 """
 
@@ -77,28 +76,18 @@ def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Pat
     target = load_target("host")
     mod, _ = lower_step(exported.program, target, precision, executor="static")
     results = [(s.shape, s.dtype) for s in (*exported.outputs, *exported.state)]
-    libs = {}
-    for profile in (False, True):
-        plan = plan_step(mod)
-        d = workdir / f"{kind}-{precision}-{'profile' if profile else 'plain'}"
-        d.mkdir(parents=True)
-        build_library(plan, target, d, d / "step.so", kind, lambda _m: None, profile=profile)
-        libs[profile] = d / "step.so"
+    plan = plan_step(mod)
+    d = workdir / f"{kind}-{precision}"
+    d.mkdir(parents=True)
+    lib = d / "step.so"
+    build_library(plan, target, d, lib, kind, lambda _m: None, profile=True)
     rng = np.random.default_rng(0)
     mean, std = np.array(extra["obs_mean"], np.float32), np.array(extra["obs_std"], np.float32)
     args = [(mean + std * rng.standard_normal(mean.shape)).astype(np.float32)[None],
             np.array([[float(extra["target_return"])]], np.float32), *exported.init_state()]
 
-    plain = StaticLibrary(libs[False], results)
-    for _ in range(100):
-        plain.step(args)
-    t0 = time.perf_counter_ns()
-    for _ in range(steps):
-        plain.step(args)
-    ctypes_step_us = (time.perf_counter_ns() - t0) / steps / 1e3
-
-    prof = StaticLibrary(libs[True], results)
-    raw = ctypes.CDLL(str(libs[True]))
+    prof = StaticLibrary(lib, results)
+    raw = ctypes.CDLL(str(lib))
     raw.ssmc_profile_name.restype = ctypes.c_char_p
     raw.ssmc_profile_ns.restype = ctypes.c_double
     raw.ssmc_profile_calls.restype = ctypes.c_long
@@ -116,8 +105,7 @@ def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Pat
         groups[r["kind"]] = groups.get(r["kind"], 0.0) + r["us_per_step"]
     macs = exported.model.macs_per_step()
     return {"model": kind, "precision": precision, "source": source, "macs_per_step": macs,
-            "kernel_calls_per_step": sum(r["calls_per_step"] for r in rows), "kernels_us": total,
-            "step_us_via_ctypes": ctypes_step_us, "groups_us": groups, "kernels": rows}
+            "kernel_calls_per_step": sum(r["calls_per_step"] for r in rows), "kernels_us": total, "groups_us": groups, "kernels": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
