@@ -252,7 +252,8 @@ def compile_checkpoint(
         raise ConfigError(f"{out} already exists (pass --force to replace it)")
 
     say(f"export: {model.name} step ({mode or model.semantics}), {model.num_params():,} parameters")
-    exported = export_step(model, extra, mode, quantize=quantize_int8 if precision == "int8" else None)
+    exported = export_step(model, extra, mode, quantize=quantize_int8 if precision == "int8" else None,
+                           fused_scan=tgt.device != "cuda")
     with tempfile.TemporaryDirectory(prefix="ssmc-compile-") as tmp:
         library = Path(tmp) / LIBRARY_NAME
         arena_bytes, static_report = 0, None

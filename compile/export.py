@@ -18,6 +18,7 @@ Names: inputs ``obs_raw`` and ``rtg_raw``, output ``action``, state tensors by t
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from torch import Tensor
 from ssmc.artifact import TensorSpec
 from ssmc.errors import ConfigError
 from ssmc.train.models import PolicyModel
+from ssmc.train.models.scan_op import fused_scan_export
 
 INPUT_NAMES = ("obs_raw", "rtg_raw")
 OUTPUT_NAMES = ("action",)
@@ -108,11 +110,17 @@ def example_inputs(fn: StepFunction, seed: int = 0) -> tuple[Tensor, ...]:
 
 
 def export_step(model: PolicyModel, extra: Mapping[str, Any], mode: str | None = None,
-                quantize: Callable[[PolicyModel], PolicyModel] | None = None) -> ExportedStep:
+                quantize: Callable[[PolicyModel], PolicyModel] | None = None,
+                fused_scan: bool = True) -> ExportedStep:
     """Export ``model``'s step (in ``mode`` semantics, default its own) with static shapes, batch 1.
 
     ``quantize``, when given, maps the model (a copy in the exported semantics) to the module actually
     exported (``ssmc.compile.quantize.quantize_int8``); the manifest still counts the original's params.
+
+    ``fused_scan`` (default) exports each Mamba layer's scan as one ``ssmc::selective_scan`` node
+    (train/models/scan_op.py), which compile/pipeline.py lowers to the loop of compile/scan_kernel.py;
+    ``False`` exports the plain unrolled ops (what other compilers can read, and the CUDA path, which has
+    no GPU schedule for the loop). ``function`` and ``reference`` are eager modules either way.
     """
     model = model.eval()
     if mode is not None:
@@ -124,7 +132,8 @@ def export_step(model: PolicyModel, extra: Mapping[str, Any], mode: str | None =
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's FutureWarnings about pytree internals
         try:
-            program = torch.export.export(fn, args)
+            with fused_scan_export() if fused_scan else contextlib.nullcontext():
+                program = torch.export.export(fn, args)
         except Exception as e:  # pragma: no cover - a model the exporter cannot trace is a bug
             raise RuntimeError(f"torch.export failed for {model.name} ({model.semantics}): {e}") from e
         outs = fn(*args)

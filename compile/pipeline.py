@@ -1,6 +1,8 @@
 """Lowering through TVM Relax: the pipeline as a visible list of named stages.
 
-    import          torch.export program -> Relax (``from_exported_program``), parameters as constants
+    import          torch.export program -> Relax (``from_exported_program``), parameters as constants;
+                    each ``ssmc::selective_scan`` node (a Mamba layer's whole scan) becomes one call to
+                    the loop kernel of compile/scan_kernel.py
     decompose       inference decompositions (``DecomposeOpsForInference``), canonical bindings, and
                     common subexpressions merged: a weight used by 3 tokens per step is transposed (and
                     stored, once folded) once, not 3 times
@@ -116,13 +118,43 @@ def _clamp(node: Any, importer: Any) -> Any:
 _CONVERT_FIXES = {"select.int": _select_int, "clamp.default": _clamp}
 
 
-def import_program(program: torch.export.ExportedProgram) -> Any:
-    """The Relax module of ``program``, parameters and buffers embedded as constants."""
+def _selective_scan(node: Any, importer: Any, lanes: int) -> Any:
+    """``ssmc::selective_scan`` (train/models/scan_op.py) -> one ``call_tir`` to compile/scan_kernel.py's loop.
+
+    A is multiplied by log2(e) here (the kernel computes 2^(Δ·A·log2 e)); A is a constant of the step,
+    so ``fold-constants`` stores the product. The kernel is marked scheduled and opaque: ``cpu-schedule``
+    leaves it as written and ``fuse`` merges nothing into it.
+    """
+    from tvm import relax
+
+    from ssmc.compile.scan_kernel import LOG2E, selective_scan_primfunc
+
+    args = list(node.args) + [None] * (6 - len(node.args))
+    b, length, d = (int(x) for x in args[0].meta["val"].shape)
+    n = int(args[2].meta["val"].shape[1])
+    bb = importer.block_builder
+    a2 = bb.emit(relax.op.multiply(importer.env[args[2]], relax.const(LOG2E, "float32")))
+    inputs = [importer.env[args[0]], importer.env[args[1]], a2, importer.env[args[3]], importer.env[args[4]]]
+    if args[5] is not None:
+        inputs.append(importer.env[args[5]])
+    kernel = bb.add_func(selective_scan_primfunc(b, length, d, n, lanes, args[5] is not None), "selective_scan")
+    outs = [relax.TensorType((b, length, d), "float32"), relax.TensorType((b, d, n), "float32")]
+    return bb.emit(relax.call_tir(kernel, inputs, outs))
+
+
+def import_program(program: torch.export.ExportedProgram, lanes: int = 4) -> Any:
+    """The Relax module of ``program``, parameters and buffers embedded as constants.
+
+    ``lanes``: fp32 vector width of the target (``tuning.vector_lanes``), for the fused scan's kernel.
+    """
+    from functools import partial
+
     from tvm.relax.frontend.torch import from_exported_program
 
+    convert = {**_CONVERT_FIXES, "selective_scan.default": partial(_selective_scan, lanes=lanes)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch pytree FutureWarnings raised inside the frontend
-        return from_exported_program(program, keep_params_as_input=False, custom_convert_map=_CONVERT_FIXES)
+        return from_exported_program(program, keep_params_as_input=False, custom_convert_map=convert)
 
 
 def _fp16_weight_matmuls(mod: Any) -> Any:
@@ -335,7 +367,10 @@ def lower_step(program: torch.export.ExportedProgram, target: Target, precision:
         say(f"stage {name}: {what} ({seconds[name]:.1f} s)")
         return result
 
-    mod = timed("import", "torch.export program -> Relax", lambda: import_program(program))
+    from ssmc.compile.tuning import vector_lanes
+
+    lanes = vector_lanes(tvm_target)
+    mod = timed("import", "torch.export program -> Relax", lambda: import_program(program, lanes))
     _dump(dump_dir, 0, "import", mod)
     with tvm_target:
         for i, stage in enumerate(stages(target, precision, schedule, executor), start=1):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmc.train.models.scan import selective_scan, ssm_step
+from ssmc.train.models.scan_op import fused_scan_active, selective_scan_tokens, ssm_step_op
 
 
 class Mamba(nn.Module):
@@ -98,6 +99,10 @@ class Mamba(nn.Module):
         x = F.silu(x)
         dt, B, C = self._split_xdbl(self.x_proj(x.transpose(1, 2)))  # (b, l, ·)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); bias and softplus inside the scan
+        if fused_scan_active():  # ssmc's export: one ssmc::selective_scan node, batch-major (scan_op.py)
+            y = selective_scan_tokens(x.transpose(1, 2), dt, -torch.exp(self.A_log.float()), B, C, self.D.float(),
+                                      z, self.dt_proj.bias.float())
+            return self.out_proj(y)
         y = selective_scan(
             x, dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
             self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
@@ -125,7 +130,8 @@ class Mamba(nn.Module):
         x = F.silu(x)
         dt, B, C = self._split_xdbl(self.x_proj(x))
         delta = F.softplus(self.dt_proj(dt))  # (b, d_inner)
-        y, ssm_state = ssm_step(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float())
+        step = ssm_step_op if fused_scan_active() else ssm_step
+        y, ssm_state = step(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float())
         return self.out_proj(y * F.silu(z)), conv_state, ssm_state
 
     def macs_per_token(self) -> int:
