@@ -7,7 +7,8 @@ Three implementations of one function, plus the single-step update used at deplo
   Mamba's numerics) and is what the others are tested against. Its backward, through autograd over
   a Python loop on full (b, d, l, n) tensors, is slow and memory hungry.
 - ``selective_scan``: what ``Mamba.forward`` calls. On CUDA with ``mamba_ssm`` importable it is
-  mamba_ssm's fused ``selective_scan_fn``; on CPU during training it is ``SelectiveScanFn``, a
+  mamba_ssm's fused ``selective_scan_fn``; on CPU during training it is ``fused_scan.fused_scan`` (numba
+  kernels that keep each (batch, channel) state in cache, fused_scan.py), else ``SelectiveScanFn``, a
   sequential scan with a hand-written backward that never builds (b, l, d, n) tensors (states are
   checkpointed every ``chunk`` steps and recomputed a chunk at a time in the backward pass); with no
   gradient needed (evaluation, ``torch.export``) it is a plain loop of functional ops.
@@ -40,6 +41,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ssmc.train.models import fused_scan
 
 try:  # the fused CUDA kernel; an optional extra (pip install ssmc[gpu]); never required
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_selective_scan_fn
@@ -189,10 +192,14 @@ def selective_scan(
     dtype_in, dtype = u.dtype, _compute_dtype(u)
     u = u.to(dtype)
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    time_major = [t.permute(2, 0, 1).contiguous() for t in (delta, delta * u, B.to(dtype), C.to(dtype))]
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
-    if needs_grad and not tracing:
+    if needs_grad and not tracing and fused_scan.usable(u, delta):  # CPU training: the numba kernel (fused_scan.py)
+        y, h = fused_scan.fused_scan(u, delta, A, B, C)  # y (b, d, l): no time-major copies
+        out = _finish(y, u, D, None if z is None else z.to(dtype)).to(dtype_in)
+        return (out, h) if return_last_state else out
+    time_major = [t.permute(2, 0, 1).contiguous() for t in (delta, delta * u, B.to(dtype), C.to(dtype))]
+    if needs_grad and not tracing:  # fused_scan unusable (no numba, or SSMC_FUSED_SCAN=0): the torch scan
         y, h = SelectiveScanFn.apply(time_major[0], time_major[1], A.to(dtype), *time_major[2:], chunk)
     else:
         y, h = _scan_sequential(time_major[0], time_major[1], A.to(dtype), *time_major[2:])
