@@ -6,7 +6,11 @@ Qualities follow D4RL (Fu et al. 2020, arXiv:2004.07219):
 - ``medium``: a policy about 1/3 as good as the expert;
 - ``medium-replay``: what the learner experienced until it reached medium;
 - ``expert``: the best policy;
-- ``medium-expert``: medium data then expert data, half each.
+- ``medium-expert``: medium data then expert data, half each;
+- ``medium-stochastic`` (ssmc's, MuJoCo only): the medium policy with Gaussian action noise whose std is
+  drawn per episode from U(0, STOCHASTIC_NOISE_MAX), clipped to the action bounds. D4RL's medium data
+  came from a stochastic SAC policy and spans a range of returns; a deterministic ARS snapshot gives
+  nearly identical episodes (docs/results.md), which return conditioning cannot choose between.
 
 MuJoCo tasks use ARS linear policies (``ssmc.train.behaviour``), one training run per
 (env, seed) whose snapshots give every quality; medium-replay replays the snapshots before
@@ -38,7 +42,10 @@ if TYPE_CHECKING:
     from ssmc.train.behaviour import PolicyCheckpoint
     from ssmc.train.dataset import OfflineData
 
-QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert")
+QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert")  # D4RL's, every task
+STOCHASTIC = "medium-stochastic"
+ALL_QUALITIES = (*QUALITIES, STOCHASTIC)
+STOCHASTIC_NOISE_MAX = 0.5  # action-noise std upper bound (actions span [-1, 1] on hopper/halfcheetah/walker2d)
 DEFAULT_SIZE = 200_000  # MuJoCo tasks
 FAST_SIZE = 20_000  # the fast task (Pendulum-v1)
 
@@ -148,6 +155,12 @@ def _ars_plan(env_id: str, quality: str, size: int, seed: int, progress: bool) -
     else:
         segments = _replay_segments(ckpt, size)
     meta = {
+    elif quality == STOCHASTIC:
+        s = ckpt.snapshots[ckpt.medium_index]
+        segments = [_Segment(size, lambda rng, _f: _noisy_actor(s.policy, rng),
+                             f"medium: snapshot {ckpt.medium_index} (iteration {s.iteration}, eval return "
+                             f"{s.eval_return:.1f}) + Gaussian action noise, std ~ U(0, {STOCHASTIC_NOISE_MAX}) "
+                             "per episode")]
         "behaviour_policy": f"ARS V2-t linear policy {ckpt.name} ({source})",
         "policy_train_env_steps": ckpt.train_env_steps,
         "policy_train_wall_time_s": ckpt.train_wall_time_s,
@@ -158,6 +171,17 @@ def _ars_plan(env_id: str, quality: str, size: int, seed: int, progress: bool) -
 def _replay_segments(ckpt: PolicyCheckpoint, size: int) -> list[_Segment]:
     """Snapshots 0 .. medium-1, each explored with ARS's noise, weighted by the training steps spent there."""
     noise = float(ckpt.config["noise"])
+def _noisy_actor(policy: Any, rng: np.random.Generator) -> Actor:
+    """One episode of ``policy`` with N(0, σ²) action noise, σ ~ U(0, STOCHASTIC_NOISE_MAX), clipped."""
+    std = rng.uniform(0.0, STOCHASTIC_NOISE_MAX)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        a = policy(obs)
+        return np.clip(a + std * rng.standard_normal(a.shape), policy.low, policy.high)
+
+    return act
+
+
     last = max(ckpt.medium_index, 1)
     spans = np.array([ckpt.snapshots[j + 1].env_steps - ckpt.snapshots[j].env_steps for j in range(last)], np.float64)
     bounds = np.rint(size * np.cumsum(spans) / spans.sum()).astype(int)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ssmc.train.collect import QUALITIES
+from ssmc.train.collect import ALL_QUALITIES
 
 
 @click.group()
@@ -21,12 +21,15 @@ def data() -> None:
 def inspect(path: str, env: str | None, as_json: bool) -> None:
     """Summarise a dataset: D4RL-layout HDF5, a Minari dataset (directory or local id), or an ssmc file.
 
-    Prints transitions, episodes, observation/action sizes, episode-return min/mean/max and the
-    D4RL-normalised mean return where the environment is known.
+    Prints transitions, episodes, observation/action sizes, episode-return min/mean/max, the
+    D4RL-normalised mean return where the environment is known, and the spread of episode returns
+    (p5 / median / p95, normalised where known): return conditioning needs a spread to choose from.
     """
     from ssmc.train.dataset import format_summary, load_dataset, summarize
 
-    summary = summarize(load_dataset(path), env=env)
+    dataset = load_dataset(path)
+    summary = summarize(dataset, env=env)
+    summary.update(_spread(dataset, summary))
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -35,7 +38,8 @@ def inspect(path: str, env: str | None, as_json: bool) -> None:
 
 @data.command()
 @click.argument("env")
-@click.option("--quality", type=click.Choice(QUALITIES), required=True, help="D4RL-style data quality.")
+@click.option("--quality", type=click.Choice(ALL_QUALITIES), required=True,
+              help="D4RL-style data quality; medium-stochastic: the medium policy with action noise (MuJoCo).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output HDF5 path [default: data/<env>-<quality>.hdf5].")
 @click.option("--size", type=int, default=None,
