@@ -81,8 +81,11 @@ def collect(
     from ssmc.train.dataset import write_d4rl
 
     spec = resolve_env(env)
-    if quality not in QUALITIES:
-        raise ConfigError(f"unknown quality {quality!r}; known: {', '.join(QUALITIES)}")
+    if quality not in ALL_QUALITIES:
+        raise ConfigError(f"unknown quality {quality!r}; known: {', '.join(ALL_QUALITIES)}")
+    if quality == STOCHASTIC and (spec.env_id == "Pendulum-v1" or spec.env_id.startswith("ssmc/TMaze")):
+        raise ConfigError(f"--quality {STOCHASTIC} is for the MuJoCo tasks (an ARS medium policy with action "
+                          f"noise); {spec.env_id} has no such policy")
     size = (FAST_SIZE if spec.fast else DEFAULT_SIZE) if size is None else int(size)
     if size < 1:
         raise ConfigError(f"--size must be positive, got {size}")
@@ -152,15 +155,15 @@ def _ars_plan(env_id: str, quality: str, size: int, seed: int, progress: bool) -
         segments = [fixed(ckpt.expert_index, "expert", size)]
     elif quality == "medium-expert":
         segments = [fixed(ckpt.medium_index, "medium", size // 2), fixed(ckpt.expert_index, "expert", size)]
-    else:
-        segments = _replay_segments(ckpt, size)
-    meta = {
     elif quality == STOCHASTIC:
         s = ckpt.snapshots[ckpt.medium_index]
         segments = [_Segment(size, lambda rng, _f: _noisy_actor(s.policy, rng),
                              f"medium: snapshot {ckpt.medium_index} (iteration {s.iteration}, eval return "
                              f"{s.eval_return:.1f}) + Gaussian action noise, std ~ U(0, {STOCHASTIC_NOISE_MAX}) "
                              "per episode")]
+    else:
+        segments = _replay_segments(ckpt, size)
+    meta = {
         "behaviour_policy": f"ARS V2-t linear policy {ckpt.name} ({source})",
         "policy_train_env_steps": ckpt.train_env_steps,
         "policy_train_wall_time_s": ckpt.train_wall_time_s,
@@ -168,9 +171,6 @@ def _ars_plan(env_id: str, quality: str, size: int, seed: int, progress: bool) -
     return meta, segments
 
 
-def _replay_segments(ckpt: PolicyCheckpoint, size: int) -> list[_Segment]:
-    """Snapshots 0 .. medium-1, each explored with ARS's noise, weighted by the training steps spent there."""
-    noise = float(ckpt.config["noise"])
 def _noisy_actor(policy: Any, rng: np.random.Generator) -> Actor:
     """One episode of ``policy`` with N(0, σ²) action noise, σ ~ U(0, STOCHASTIC_NOISE_MAX), clipped."""
     std = rng.uniform(0.0, STOCHASTIC_NOISE_MAX)
@@ -182,6 +182,9 @@ def _noisy_actor(policy: Any, rng: np.random.Generator) -> Actor:
     return act
 
 
+def _replay_segments(ckpt: PolicyCheckpoint, size: int) -> list[_Segment]:
+    """Snapshots 0 .. medium-1, each explored with ARS's noise, weighted by the training steps spent there."""
+    noise = float(ckpt.config["noise"])
     last = max(ckpt.medium_index, 1)
     spans = np.array([ckpt.snapshots[j + 1].env_steps - ckpt.snapshots[j].env_steps for j in range(last)], np.float64)
     bounds = np.rint(size * np.cumsum(spans) / spans.sum()).astype(int)

@@ -32,8 +32,34 @@ def inspect(path: str, env: str | None, as_json: bool) -> None:
     summary.update(_spread(dataset, summary))
     if as_json:
         click.echo(json.dumps(summary))
-    else:
-        click.echo(format_summary(summary))
+        return
+    click.echo(format_summary(summary))
+    if "return_p50" in summary:
+        norm = summary.get("normalized_p50") is not None
+        vals = [summary[f"{'normalized' if norm else 'return'}_{p}"] for p in ("p5", "p50", "p95")]
+        click.echo(f"{'return spread':<17}p5 / median / p95 = {' / '.join(f'{v:.1f}' for v in vals)}"
+                   f"{' (normalised)' if norm else ''}")
+
+
+def _spread(dataset, summary: dict) -> dict:
+    """p5 / median / p95 of the episode returns, raw and (where the env is known) normalised."""
+    import numpy as np
+
+    from ssmc.train.trajectory import episode_returns
+
+    returns = episode_returns(dataset)
+    if returns.size == 0:
+        return {}
+    p5, p50, p95 = (float(v) for v in np.percentile(returns, [5, 50, 95]))
+    out = {"return_p5": p5, "return_p50": p50, "return_p95": p95}
+    if summary.get("normalized_mean") is not None and summary.get("env_id"):
+        try:  # the env registry's module moved to ssmc/envs.py (issue 15); either location
+            from ssmc.envs import resolve_env
+        except ImportError:
+            from ssmc.train.envs import resolve_env
+        spec = resolve_env(summary["env_id"])
+        out.update({f"normalized_{k}": spec.normalized(v) for k, v in (("p5", p5), ("p50", p50), ("p95", p95))})
+    return out
 
 
 @data.command()
