@@ -27,6 +27,7 @@ import numpy as np
 from ssmc.artifact import EXECUTORS, ReferenceStep, reference_bytes, sha256_file, write_artifact
 from ssmc.compile.static import ENTRY as STATIC_ENTRY
 from ssmc.errors import ConfigError
+from ssmc.numerics import max_rel_error
 from ssmc.targets import Target, check_precision, load_target, missing_cpu_features
 
 Progress = Callable[[str], None]
@@ -48,16 +49,14 @@ def runs_here(target: Target) -> bool:
 
 
 def export_library(executable: Any, path: Path, target: Target) -> None:
-    """Write the executable as a shared library, linked by the target's cross compiler if it has one."""
+    """Write the executable as a shared library, linked by the target's toolchain (``Target.toolchain``:
+    Debian's cross gcc when installed, else ``zig cc`` from the ziglang wheel) on cross targets."""
     if target.cross_compiler is None:
         executable.export_library(str(path))
         return
-    if shutil.which(target.cross_compiler) is None:
-        raise ConfigError(f"target {target.name!r} needs the cross compiler {target.cross_compiler} "
-                          f"(Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)")
     from tvm.support import cc
 
-    executable.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+    executable.export_library(str(path), fcompile=cc.cross_compiler(target.toolchain().cc))
 
 
 def default_executor(target: Target) -> str:
@@ -107,26 +106,16 @@ def build_static(mod: Any, target: Target, workdir: Path, library: Path, seconds
 
 def strip_library(path: Path, target: Target) -> bool:
     """Remove the library's static symbol table and debug sections (``strip``; the cross toolchain's for
-    cross targets). The dynamic symbols the VM looks up stay; measured: a 344 KB library became 186 KB
-    and still ran. Returns False, leaving the file as is, when no strip tool is installed."""
+    cross targets, ``zig objcopy --strip-all`` under zig). The dynamic symbols the VM looks up stay;
+    measured: a 344 KB library became 186 KB and still ran. Returns False, leaving the file as is, when
+    no strip tool is installed."""
     import subprocess
 
-    tool = "strip" if target.cross_compiler is None else target.cross_compiler.removesuffix("gcc") + "strip"
+    tool = "strip" if target.cross_compiler is None else target.toolchain().strip
     if shutil.which(tool) is None:
         return False
     subprocess.run([tool, str(path)], check=True, capture_output=True)
     return True
-
-
-def max_rel_error(got: list[np.ndarray], want: list[np.ndarray]) -> float:
-    """max over tensors of max|got - want| / max(max|want|, 1e-6); NaN or inf anywhere gives inf."""
-    worst = 0.0
-    for g, w in zip(got, want, strict=True):
-        g64, w64 = np.asarray(g, np.float64), np.asarray(w, np.float64)
-        if g64.shape != w64.shape or not np.all(np.isfinite(g64)):
-            return float("inf")
-        worst = max(worst, float(np.abs(g64 - w64).max(initial=0.0) / max(np.abs(w64).max(initial=0.0), 1e-6)))
-    return worst
 
 
 def reference_steps(exported: Any, target_return: float, n: int = REFERENCE_STEPS,

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ssmc.artifact import load_manifest
-from ssmc.compile.build import compile_checkpoint, max_rel_error, step_runner
+from ssmc.compile.build import compile_checkpoint, step_runner
+from ssmc.numerics import max_rel_error
 
 STEPS = 200
 

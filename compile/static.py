@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -462,11 +461,9 @@ class StaticBuild:
 
 
 def _compiler(target: Target) -> str:
-    cc = target.cross_compiler or ("cc" if shutil.which("cc") else "gcc")
-    if shutil.which(cc) is None:
-        hint = "apt-get install gcc-aarch64-linux-gnu" if target.cross_compiler else "apt-get install gcc"
-        raise ConfigError(f"the static executor links with {cc}, which is not installed (Debian/Ubuntu: {hint})")
-    return cc
+    """The C compiler that links the static step: ``Target.toolchain`` (host cc; aarch64-linux-gnu-gcc or
+    zig cc for aarch64); one-line ConfigError naming what to install when there is none."""
+    return target.toolchain().cc
 
 
 def _run(cmd: list[str], what: str) -> None:

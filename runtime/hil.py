@@ -95,7 +95,7 @@ def run_hil(artifact: str | os.PathLike[str], env_id: str | None = None, rate_hz
 
     ``realtime``: both processes ask for SCHED_FIFO (the controller also locks its memory), as a robot's
     loops would; where that is not permitted they run at normal priority and the result says so."""
-    from ssmc.train.envs import make_env, resolve_env
+    from ssmc.envs import make_env, resolve_env
 
     if rate_hz <= 0:
         raise ConfigError(f"--rate must be positive, got {rate_hz}")

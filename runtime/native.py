@@ -44,8 +44,9 @@ ARCHES: dict[str, dict[str, object]] = {
     "aarch64": {"cross": "aarch64-linux-gnu-", "emulator": ("qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"),
                 "wheel_platform": "manylinux_2_28_aarch64"},
 }
-_TOOLCHAIN_HINT = ("Debian/Ubuntu: apt-get install g++ make (host) or g++-aarch64-linux-gnu qemu-user-static "
-                   "(aarch64); .ci/install-toolchains.sh does it")
+_TOOLCHAIN_HINT = ("Debian/Ubuntu: apt-get install g++ make (host); aarch64 builds use g++-aarch64-linux-gnu or "
+                   "zig from the ziglang package, and running them here needs qemu-user-static; "
+                   ".ci/install-toolchains.sh installs all of it")
 
 
 class RuntimeBuildError(SsmcError):
@@ -97,7 +98,7 @@ def _cache_root() -> Path:
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeBuildError(f"the runtime needs the {name!r} package's libraries: pip install -e '.[compile]'")
+        raise RuntimeBuildError(f"the runtime needs the {name!r} package's libraries: it is part of ssmc's default install (pip install -e .)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -105,7 +106,7 @@ def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError as e:
-        raise RuntimeBuildError(f"{dist} is not installed: pip install -e '.[compile]'") from e
+        raise RuntimeBuildError(f"{dist} is not installed: it is part of ssmc's default install (pip install -e .)") from e
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,21 @@ def _key(arch: str, libs: _TvmLibs, cxx: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _cross_prefix(arch: str) -> str:
+    """The cross toolchain's tool prefix (ssmc/toolchain.py): Debian's ``aarch64-linux-gnu-`` when its gcc
+    and g++ are installed, else zig's wrappers from the ziglang wheel."""
+    from ssmc.errors import ConfigError
+    from ssmc.toolchain import c_toolchain, zig_available
+
+    try:
+        tc = c_toolchain(arch)
+        if tc.kind == "gnu" and shutil.which(tc.cxx) is None and zig_available():
+            tc = c_toolchain(arch, prefer="zig")
+    except ConfigError as e:
+        raise RuntimeBuildError(f"building the {arch} runtime: {e}") from e
+    return tc.prefix
+
+
 def runtime_bundle(arch: str | None = None, *, rebuild: bool = False,
                    progress: Callable[[str], None] | None = None) -> RuntimeBundle:
     """The runtime bundle for ``arch`` (default: this machine), built with make if not cached."""
@@ -174,7 +190,7 @@ def runtime_bundle(arch: str | None = None, *, rebuild: bool = False,
     arch = arch or host_arch()
     if arch not in ARCHES:
         raise RuntimeBuildError(f"unknown runtime architecture {arch!r}; known: {', '.join(ARCHES)}")
-    cross = str(ARCHES[arch]["cross"]) if arch != host_arch() else ""
+    cross = _cross_prefix(arch) if arch != host_arch() else ""
     cxx = f"{cross}g++"
     for tool in (cxx, f"{cross}gcc", "make"):
         if shutil.which(tool) is None:

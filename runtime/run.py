@@ -1,8 +1,9 @@
 """``ssmc run``: roll an artifact out in its environment through the C runtime alone.
 
 The controller is ``ssmc.runtime.Policy`` (ctypes over libssmc.so); the loop is the same
-``ssmc.train.rollout.rollout`` that drives the PyTorch reference, so the two differ only in who
-computes the action. Nothing here imports torch or the model code (tests/test_runtime.py checks).
+``ssmc.rollout.rollout`` (ssmc/rollout.py) that drives the PyTorch reference, so the two differ only in
+who computes the action. Nothing here imports torch, the model code or the compiler
+(tests/test_boundaries.py checks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from ssmc.artifact import load_manifest
 from ssmc.errors import ConfigError
+from ssmc.rollout import rollout
 from ssmc.runtime.binding import Policy
 
 
@@ -32,7 +34,8 @@ def artifact_env(manifest: Any, env_id: str | None) -> str:
     recorded = manifest.env_id
     if env_id or recorded:
         return env_id or recorded
-    raise ConfigError("the artifact does not record its environment; pass --env")
+    raise ConfigError("the artifact does not record its environment; pass --env ENV_ID (e.g. --env Hopper-v5), "
+                      "or train with --env so that the checkpoint and its artifacts record it")
 
 
 def run_artifact(artifact: str | os.PathLike[str], env_id: str | None = None, episodes: int = 5, seed: int = 0,
@@ -40,8 +43,6 @@ def run_artifact(artifact: str | os.PathLike[str], env_id: str | None = None, ep
                  policy: Policy | None = None, samples: list[float] | None = None) -> dict[str, Any]:
     """Roll ``episodes`` episodes (seeds seed, seed+1, ...) with the C runtime; scores and step latency.
     ``samples``, when given, receives every step's latency in microseconds."""
-    from ssmc.train.rollout import rollout
-
     manifest = load_manifest(artifact)
     env = artifact_env(manifest, env_id)
     own = policy is None

@@ -13,8 +13,12 @@ Checks, each with a measured value, a limit and pass/fail (``Verdict``):
 
 Also reported, without a verdict: artifact bytes, state bytes, parameter count against the paper's
 claim for the model kind, and the Python binding's per-step latency during the rollouts.
-Action errors are ``ssmc.compile.build.max_rel_error`` over the whole sequence stacked into one array
+Action errors are ``ssmc.numerics.max_rel_error`` over the whole sequence stacked into one array
 (``max|runtime - torch| / max|torch|``; NaN fails).
+
+The PyTorch side is the checkpoint's ``TorchPolicy``, built by ``_pytorch_reference``: the one place
+where ``ssmc.runtime`` imports training code (tests/test_boundaries.py pins it). Everything else here is
+the C runtime, the shared rollout loop (ssmc/rollout.py) and numpy.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from ssmc.artifact import load_manifest, read_reference
-from ssmc.compile.build import max_rel_error
 from ssmc.errors import ConfigError
 from ssmc.fsutil import atomic_file
+from ssmc.numerics import max_rel_error
+from ssmc.rollout import rollout
 from ssmc.runtime.binding import Policy, PolicyError
 from ssmc.runtime.native import host_arch, runtime_bundle
 from ssmc.runtime.run import latency_summary, run_artifact
@@ -125,9 +130,22 @@ def _c_loop(path: Path, manifest: Any) -> dict[str, Any] | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _pytorch_reference(ckpt: Path, manifest: Any) -> Any:
+    """The checkpoint as a ``TorchPolicy`` in the artifact's semantics: the reference the checks compare
+    with. The only import of training code (torch, the models) in ``ssmc.runtime``."""
+    from ssmc.train.models import load_checkpoint
+    from ssmc.train.rollout import TorchPolicy
+
+    model, extra = load_checkpoint(ckpt)
+    if model.name.removesuffix("-rnn") != manifest.model_kind.removesuffix("-rnn"):
+        raise ConfigError(f"--checkpoint {ckpt} is a {model.name}, the artifact a {manifest.model_kind}")
+    return TorchPolicy(model, extra, manifest.semantics)
+
+
 def verify_artifact(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
-                    episodes: int = 5, seed: int = 0, progress: bool = True) -> Verdict:
-    """Run every check that can run here; see the module docstring."""
+                    episodes: int = 5, seed: int = 0, progress: bool = True, env_id: str | None = None) -> Verdict:
+    """Run every check that can run here; see the module docstring. ``env_id`` names the environment of
+    the score check when the artifact records none (``ssmc verify --env``)."""
     t0 = time.perf_counter()
     path = Path(artifact)
     checks: list[Check] = []
@@ -151,13 +169,7 @@ def verify_artifact(artifact: str | os.PathLike[str], checkpoint: str | os.PathL
         ckpt = Path(recorded) if recorded and Path(recorded).is_dir() else None
     torch_policy = None
     if ckpt is not None:
-        from ssmc.train.models import load_checkpoint
-        from ssmc.train.rollout import TorchPolicy
-
-        model, extra = load_checkpoint(ckpt)
-        if model.name.removesuffix("-rnn") != manifest.model_kind.removesuffix("-rnn"):
-            raise ConfigError(f"--checkpoint {ckpt} is a {model.name}, the artifact a {manifest.model_kind}")
-        torch_policy = TorchPolicy(model, extra, manifest.semantics)
+        torch_policy = _pytorch_reference(ckpt, manifest)
         checks.append(_fresh(path, manifest, torch_policy, tol, seed))
     else:
         checks.append(Check("fresh", None, None, tol, "no checkpoint (pass --checkpoint)"))
@@ -166,11 +178,9 @@ def verify_artifact(artifact: str | os.PathLike[str], checkpoint: str | os.PathL
                              "semantics": manifest.semantics, "target": manifest.target["name"]}
     score_tol = SCORE_TOLERANCE[precision]
     if episodes > 0:
-        runtime = run_artifact(path, None, episodes, seed, progress=progress, samples=samples)
+        runtime = run_artifact(path, env_id, episodes, seed, progress=progress, samples=samples)
         facts["runtime_rollout"] = runtime
         if torch_policy is not None:
-            from ssmc.train.rollout import rollout
-
             torch_res = rollout(torch_policy.act, torch_policy.reset, runtime["env_id"], episodes, seed,
                                 None, progress, (manifest.obs_dim, manifest.act_dim)).summary()
             facts["pytorch_rollout"] = torch_res

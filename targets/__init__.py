@@ -31,6 +31,8 @@ from ssmc.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import tvm.target
 
+    from ssmc.toolchain import Toolchain
+
 __all__ = [
     "PRECISIONS",
     "Budget",
@@ -93,7 +95,8 @@ class Target:
             ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", ...}``.
         host_dict: the TVM host target dict for device (CUDA) targets (descriptor field
             ``tvm_host``), else ``None``; :meth:`tvm_target` attaches it.
-        cross_compiler: the C compiler that links the exported library (``None``: the host's).
+        cross_compiler: the GNU cross compiler that links the library when it is installed (``None``: the
+            host's compiler); without it :meth:`toolchain` falls back to ``zig cc``.
         emulator: argv prefix that runs this target's binaries here (qemu), or ``None``.
         cpu_features: ``/proc/cpuinfo`` flags the built code requires (checked by the runtime).
         precisions: supported precision -> ``"native"`` or ``"emulated"``; absent = unsupported.
@@ -122,7 +125,7 @@ class Target:
             from tvm.target import Target as TvmTarget
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ConfigError(
-                f"target {self.name!r} needs Apache TVM: pip install 'ssmc[compile]' ({e})"
+                f"target {self.name!r} needs Apache TVM, part of ssmc's default install: pip install -e . ({e})"
             ) from e
         try:
             if self.host_dict is not None:
@@ -132,13 +135,13 @@ class Target:
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ConfigError(f"target {self.name!r}: TVM rejects its target dict: {msg}") from e
 
-    def is_cross(self) -> bool:
-        """True when the library is linked with a cross compiler (not the host's)."""
-        return self.cross_compiler is not None
+    def toolchain(self) -> Toolchain:
+        """The C toolchain that links this target's code here (ssmc/toolchain.py): the host's compiler,
+        or for aarch64 ``cross_compiler`` when it is on PATH, else ``zig cc`` from the ziglang wheel.
+        Raises ConfigError, in one line that says what to install, when there is none."""
+        from ssmc.toolchain import c_toolchain
 
-    def supports(self, precision: str) -> bool:
-        """Whether the target accepts ``precision`` at all (natively or emulated)."""
-        return precision in self.precisions
+        return c_toolchain(self.arch if self.cross_compiler is not None else _host_arch())
 
     def to_dict(self) -> dict[str, Any]:
         """The full descriptor as a JSON-ready dict (what an artifact manifest embeds)."""
@@ -322,6 +325,12 @@ def check_precision(target: Target | str, precision: str) -> str:
     return level
 
 
+def _host_arch() -> str:
+    from ssmc.toolchain import host_arch
+
+    return host_arch()
+
+
 def missing_cpu_features(target: Target | str, cpuinfo: str | None = None) -> list[str]:
     """The ``cpu_features`` of ``target`` that this machine's CPU lacks.
 
@@ -329,11 +338,8 @@ def missing_cpu_features(target: Target | str, cpuinfo: str | None = None) -> li
     differs from the target's (nothing to check: the code runs under an emulator or elsewhere)
     or when the CPU flags cannot be read.
     """
-    import platform
-
     t = load_target(target)
-    machine = platform.machine().lower()
-    here = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    here = _host_arch()
     if cpuinfo is None:
         if here != t.arch:
             return []

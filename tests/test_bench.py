@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssmc.compile.build import max_rel_error
 from ssmc.compile.export import export_step
+from ssmc.numerics import max_rel_error
 from ssmc.train.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

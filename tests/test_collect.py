@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from ssmc.cli import cli
+from ssmc.envs import resolve_env
 from ssmc.errors import ConfigError
 from ssmc.train.collect import QUALITIES, collect
-from ssmc.train.envs import resolve_env
 
 ARRAYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 

@@ -22,13 +22,14 @@ from conftest import require_tools
 
 from ssmc.artifact import load_manifest, read_reference
 from ssmc.compile import compile_checkpoint, default_artifact_path
-from ssmc.compile.build import max_rel_error, step_runner
+from ssmc.compile.build import step_runner
 from ssmc.compile.cuda import cuda_archs
 from ssmc.compile.export import StepFunction, export_step, run_torch
 from ssmc.compile.measure import STEPS, compare_with_pytorch
 from ssmc.compile.pipeline import stage_names
 from ssmc.compile.quantize import int8_layers, quantize_int8
 from ssmc.errors import ConfigError
+from ssmc.numerics import max_rel_error
 from ssmc.targets import load_target
 from ssmc.train.models import build_model, load_checkpoint, save_checkpoint
 

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from ssmc.cli import cli
+from ssmc.envs import ENVS
 from ssmc.errors import ConfigError, DatasetError
 from ssmc.train.dataset import SSMC_FORMAT, OfflineData, format_summary, load_dataset, summarize, write_d4rl
-from ssmc.train.envs import ENVS
 
 
 def write_h5(path: Path, items: dict[str, Any]) -> Path:

@@ -26,8 +26,8 @@ from test_compile import BOUNDS, SMALL
 
 from ssmc.artifact import load_manifest, read_reference
 from ssmc.compile import compile_checkpoint
-from ssmc.compile.build import max_rel_error
 from ssmc.errors import ArtifactError
+from ssmc.numerics import max_rel_error
 from ssmc.runtime import Policy, PolicyError, runtime_bundle
 from ssmc.train.models import build_model, load_checkpoint, save_checkpoint
 from ssmc.train.rollout import TorchPolicy
@@ -532,7 +532,7 @@ def test_verify_cli_reports_a_tampered_artifact_and_exits_1(artifacts, tmp_path)
 # -- ssmc hil -------------------------------------------------------------------------------------------
 
 def _torch_return(checkpoint: Path, seed: int, steps: int) -> float:
-    from ssmc.train.envs import make_env, resolve_env
+    from ssmc.envs import make_env, resolve_env
 
     model, extra = load_checkpoint(checkpoint)
     policy = TorchPolicy(model, extra)

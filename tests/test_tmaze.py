@@ -7,11 +7,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from ssmc.envs import TMAZE_LENGTHS, make_env, resolve_env
 from ssmc.errors import ConfigError
+from ssmc.tmaze import TMazeEnv
 from ssmc.train.collect import collect
 from ssmc.train.dataset import load_dataset, validate
-from ssmc.train.envs import TMAZE_LENGTHS, make_env, resolve_env
-from ssmc.train.tmaze import Oracle, TMazeEnv, collection_plan
+from ssmc.train.tmaze import Oracle, collection_plan
 from ssmc.train.trajectory import episode_returns
 
 

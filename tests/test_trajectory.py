@@ -9,10 +9,9 @@ import torch
 from ssmc.train.dataset import OfflineData
 from ssmc.train.trajectory import (
     WindowSampler,
+    episode_bounds,
     episode_returns,
     obs_stats,
-    returns_to_go,
-    split_episodes,
 )
 
 
@@ -72,20 +71,18 @@ def expected(rows: np.ndarray, data: OfflineData, scale: float) -> dict[str, np.
     return out
 
 
-def test_split_episodes_counts_the_unfinished_tail(hand: OfflineData) -> None:
-    assert split_episodes(hand) == [slice(0, 3), slice(3, 8), slice(8, 10)]
+def test_episode_bounds_count_the_unfinished_tail(hand: OfflineData) -> None:
+    def bounds() -> list[tuple[int, int]]:
+        return [(int(s), int(e)) for s, e in zip(*episode_bounds(hand), strict=True)]
+
+    assert bounds() == [(0, 3), (3, 8), (8, 10)]
     hand.timeouts[9] = True
     hand.terminals[7] = True  # both flags on one row end one episode
-    assert split_episodes(hand) == [slice(0, 3), slice(3, 8), slice(8, 10)]
+    assert bounds() == [(0, 3), (3, 8), (8, 10)]
 
 
 def test_episode_returns(hand: OfflineData) -> None:
     np.testing.assert_allclose(episode_returns(hand), [6, 150, 300])
-
-
-def test_returns_to_go_includes_the_current_reward() -> None:
-    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0])), [6, 5, 3])
-    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0]), gamma=0.5), [2.75, 3.5, 3])
 
 
 def test_obs_stats_floor_constant_features(make_offline) -> None:

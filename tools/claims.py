@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ssmc.artifact import default_versions, load_manifest
-from ssmc.cli.train import HOPPER_DIMS
 from ssmc.compile import compile_checkpoint
+from ssmc.envs import HOPPER_DIMS
 from ssmc.fsutil import atomic_file
 from ssmc.train.models import MODELS, PolicyModel, build_model, save_checkpoint
 

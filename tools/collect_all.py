@@ -1,6 +1,6 @@
 """Regenerate the shipped behaviour policies and the numbers in docs/datasets.md.
 
-    python tools/collect_all.py pendulum-refs               # Pendulum-v1 ref_min / ref_max for train/envs.py
+    python tools/collect_all.py pendulum-refs               # Pendulum-v1 ref_min / ref_max for ssmc/envs.py
     python tools/collect_all.py train Hopper-v5 ...         # ARS (seed 0) -> train/behaviour/policies/
     python tools/collect_all.py collect Hopper-v5 ... -q medium -q expert   # data/*.hdf5 + a Markdown table
 

@@ -167,7 +167,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def cue_up_fraction(episodes: int) -> float:
     """Fraction of the evaluation episodes (env seeds 1000..) whose cue is 'up' (the same for every k)."""
-    from ssmc.train.tmaze import TMazeEnv
+    from ssmc.tmaze import TMazeEnv
 
     env = TMazeEnv(1)
     return float(np.mean([env.reset(seed=1000 + i)[0][0] > 0 for i in range(episodes)]))

@@ -85,8 +85,8 @@ def main() -> None:
 def write_markdown(rows: list[dict], args) -> None:
     import numpy as np
 
+    from ssmc.envs import resolve_env
     from ssmc.train.dataset import load_dataset, summarize
-    from ssmc.train.envs import resolve_env
     from ssmc.train.trajectory import episode_returns
 
     data = load_dataset(str(args.dataset))

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ssmc.envs import EnvSpec, make_env, resolve_env
 from ssmc.errors import ConfigError
-from ssmc.train.envs import EnvSpec, make_env, resolve_env
 
 if TYPE_CHECKING:
     from ssmc.train.behaviour import PolicyCheckpoint

@@ -337,7 +337,7 @@ def summarize(data: OfflineData, env: str | None = None) -> dict[str, Any]:
     environment's reference returns and is None when the environment is unknown; MuJoCo scores
     are "D4RL-like" (D4RL's constants on our own setup), as ``normalized_note`` says.
     """
-    from ssmc.train.envs import guess_env, resolve_env
+    from ssmc.envs import guess_env, resolve_env
     from ssmc.train.trajectory import episode_bounds, episode_returns
 
     if env:

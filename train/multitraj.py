@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
     from ssmc.train.dataset import OfflineData
 
-FIELDS = ("observations", "actions", "rtg", "prev_actions", "prev_rtg", "timesteps", "mask")
-
-
 class MultiTrajSampler:
     """Rows of (history, segment); see the module docstring for the layout."""
 

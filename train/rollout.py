@@ -1,24 +1,20 @@
 """PyTorch reference rollouts: a checkpoint driven through its own ``step()`` in gymnasium.
 
-``TorchPolicy`` is the controller-side view every runtime shares: ``reset(target_return)``,
+``TorchPolicy`` is the controller-side contract every runtime shares: ``reset(target_return)``,
 then ``act(observation, last_reward) -> action``. It normalises observations, keeps the
 return-to-go (target minus rewards received so far, times the rtg scale) and carries the
-model's state; the compiled runtime implements the same contract in C.
-
-torch is imported only by ``TorchPolicy``: ``rollout`` drives any controller, and ``ssmc run`` uses it
-with the C runtime in a process that never imports torch.
+model's state; the compiled runtime implements the same contract in C. The loop that drives
+either one is ``ssmc.rollout.rollout`` (ssmc/rollout.py), which imports no torch.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ssmc.errors import ConfigError
-from ssmc.train.envs import EnvSpec, make_env, resolve_env
+from ssmc.rollout import rollout
 
 
 class TorchPolicy:
@@ -58,87 +54,6 @@ class TorchPolicy:
         return action[0].numpy().astype(np.float64)
 
 
-@dataclass
-class RolloutResult:
-    env_id: str
-    returns: list[float]
-    lengths: list[int]
-    seeds: list[int]
-    wall_s: float
-    spec: EnvSpec
-
-    def summary(self) -> dict[str, Any]:
-        r = np.asarray(self.returns)
-        norm = np.asarray([self.spec.normalized(x) for x in r])
-        return {
-            "env_id": self.env_id,
-            "episodes": len(r),
-            "seeds": self.seeds,
-            "return_mean": float(r.mean()),
-            "return_std": float(r.std()),
-            "normalized_mean": float(norm.mean()),
-            "normalized_std": float(norm.std()),
-            "normalized_ref": self.spec.ref_source,
-            "length_mean": float(np.mean(self.lengths)),
-            "returns": [float(x) for x in r],
-            "wall_s": round(self.wall_s, 2),
-        }
-
-
-def env_dims(env) -> tuple[int, int]:
-    """(observation size, action size) of a gymnasium env."""
-    return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-
-
-def check_dims(env_id: str, dims: tuple[int, int], what: str) -> None:
-    """Raise a one-line ConfigError when ``dims`` (obs, act) do not fit ``env_id``."""
-    spec = resolve_env(env_id)
-    env = make_env(spec)
-    try:
-        have = env_dims(env)
-    finally:
-        env.close()
-    if tuple(dims) != have:
-        raise ConfigError(f"{what} has obs/action sizes {tuple(dims)} but {spec.env_id} has {have}")
-
-
-def rollout(act_fn, reset_fn, env_id: str, episodes: int, seed: int = 0, target_return: float | None = None,
-            progress: bool = True, dims: tuple[int, int] | None = None) -> RolloutResult:
-    """Run ``episodes`` episodes with seeds ``seed, seed+1, ...``; the controller is given as two
-    callables so the PyTorch policy and the compiled runtime are driven by the same loop."""
-    from tqdm import tqdm
-
-    if episodes <= 0:
-        raise ConfigError(f"--episodes must be positive, got {episodes}")
-    spec = resolve_env(env_id)
-    env = make_env(spec)
-    if dims is not None and tuple(dims) != env_dims(env):
-        env.close()
-        raise ConfigError(f"the policy takes obs/action sizes {tuple(dims)} but {spec.env_id} has {env_dims(env)}")
-    returns, lengths, seeds = [], [], []
-    t0 = time.perf_counter()
-    bar = tqdm(range(episodes), disable=not progress, desc=f"eval {spec.env_id}", unit="ep", dynamic_ncols=True)
-    try:
-        for i in bar:
-            obs, _ = env.reset(seed=seed + i)
-            reset_fn(target_return)
-            total, steps, reward, done = 0.0, 0, 0.0, False
-            while not done:
-                action = act_fn(obs, reward)
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                steps += 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(steps)
-            seeds.append(seed + i)
-            bar.set_postfix(ret=f"{total:.1f}", norm=f"{spec.normalized(total):.1f}")
-    finally:
-        env.close()
-    return RolloutResult(spec.env_id, returns, lengths, seeds, time.perf_counter() - t0, spec)
-
-
 def evaluate_checkpoint(checkpoint: str, env_id: str | None, episodes: int, seed: int = 0,
                         target_return: float | None = None, semantics: str | None = None,
                         progress: bool = True) -> dict[str, Any]:
@@ -147,7 +62,8 @@ def evaluate_checkpoint(checkpoint: str, env_id: str | None, episodes: int, seed
     model, extra = load_checkpoint(checkpoint)
     env_id = env_id or extra.get("env_id")
     if not env_id:
-        raise ConfigError(f"{checkpoint} does not record its environment; pass --env")
+        raise ConfigError(f"{checkpoint} does not record its environment; pass --env ENV_ID (e.g. --env Hopper-v5), "
+                          "or train with --env so that the checkpoint records it")
     policy = TorchPolicy(model, extra, semantics)
     dims = (model.config.obs_dim, model.config.act_dim)
     res = rollout(policy.act, policy.reset, env_id, episodes, seed, target_return, progress, dims)

@@ -15,11 +15,8 @@ al. 2023, "When Do Transformers Shine in RL?"), as DM-H's paper uses it.
 A policy that remembers the cue for k steps succeeds always; one that does not is at chance (50%). A
 window policy over the last K timesteps sees the cue at the junction only when k <= K - 1.
 
-Registered gymnasium ids (importing this module registers them; ``ssmc.train.envs.make_env`` does):
-``ssmc/TMaze-k{k}-v0`` for every k in ``ssmc.train.envs.TMAZE_LENGTHS`` and ``ssmc/TMaze-v0`` (k = 10).
-Those are the names ``ssmc data collect / train / eval`` take; in Python any k works:
-``gymnasium.make("ssmc/TMaze-v0", k=37, max_episode_steps=39)``. The time limit is k + 2, one step more
-than an episode lasts, so that the turn ends every episode as a terminal, never as a timeout.
+The environment itself (``TMazeEnv``) and its gymnasium ids ``ssmc/TMaze-k{k}-v0`` live in ssmc/tmaze.py,
+shared by every stage; this module holds what only data collection needs.
 
 Behaviour policies for ``ssmc data collect`` (``collection_plan``): ``Oracle`` remembers the cue it saw at
 step 0 and turns that way, ``Guesser`` turns a random way; both put Gaussian noise on every action, and
@@ -31,59 +28,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from ssmc.errors import ConfigError
-from ssmc.train.envs import TMAZE_LENGTHS
 
-DEFAULT_K = 10
 ACTION_NOISE = 0.1  # std of the behaviour policies' Gaussian action noise
 TURN = 0.8  # magnitude of a scripted turn before noise
-
-
-class TMazeEnv(gym.Env):
-    """The T-maze with memory length ``k`` (see the module docstring)."""
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, k: int = DEFAULT_K) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"T-maze memory length k must be a positive integer, got {k!r}")
-        self.k = k
-        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self._t = 0
-        self._cue = 1.0
-
-    def _obs(self) -> np.ndarray:
-        return np.array([self._cue if self._t == 0 else 0.0, 1.0 if self._t == self.k else 0.0], np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self._t = 0
-        self._cue = 1.0 if self.np_random.integers(2) else -1.0
-        return self._obs(), {}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self._t < self.k:  # corridor: walk on, the action does nothing
-            self._t += 1
-            return self._obs(), 0.0, False, False, {}
-        turn = 1.0 if float(np.asarray(action).reshape(-1)[0]) > 0 else -1.0
-        success = turn == self._cue
-        return self._obs(), float(success), True, False, {"success": success}
-
-
-def register() -> None:
-    """Register ``ssmc/TMaze-v0`` and ``ssmc/TMaze-k{k}-v0`` with gymnasium (idempotent)."""
-    variants = {"ssmc/TMaze-v0": DEFAULT_K, **{f"ssmc/TMaze-k{k}-v0": k for k in TMAZE_LENGTHS}}
-    for env_id, k in variants.items():
-        if env_id not in gym.registry:
-            gym.register(env_id, entry_point=TMazeEnv, kwargs={"k": k}, max_episode_steps=k + 2)
-
-
-register()
 
 
 class Oracle:

@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssmc.artifact import sha256_file
+from ssmc.envs import guess_env, resolve_env
 from ssmc.errors import ConfigError
 from ssmc.fsutil import atomic_file
 from ssmc.train.dataset import OfflineData
-from ssmc.train.envs import guess_env
 from ssmc.train.models import build_model, load_checkpoint, save_checkpoint
 from ssmc.train.trajectory import WindowSampler, episode_returns, obs_stats
 
@@ -77,10 +77,14 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 class Trainer:
-    """Trains one model on one dataset into ``out``; ``resume=True`` continues a run there."""
+    """Trains one model on one dataset into ``out``; ``resume=True`` continues a run there.
+
+    ``env_id`` names the environment when the dataset does not (D4RL's HDF5 files never do); the
+    checkpoint records it, and compile carries it into the artifact."""
 
     def __init__(self, model_name: str, data: OfflineData, out: str | os.PathLike, cfg: TrainConfig,
-                 overrides: dict[str, Any] | None = None, device: str = "cpu", dataset_path: str | None = None):
+                 overrides: dict[str, Any] | None = None, device: str = "cpu", dataset_path: str | None = None,
+                 env_id: str | None = None):
         cfg.validate()
         self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
         if cfg.threads:
@@ -91,7 +95,7 @@ class Trainer:
         self.model_name = model_name
         mean, std = obs_stats(data)
         returns = episode_returns(data)
-        env = guess_env(data.env_id, dataset_path)
+        env = resolve_env(env_id) if env_id else guess_env(data.env_id, dataset_path)
         self.extra: dict[str, Any] = {
             "obs_mean": mean.tolist(),
             "obs_std": std.tolist(),

@@ -7,8 +7,8 @@ index within its episode and a mask for padding. ``WindowSampler`` precomputes e
 per transition once, so each ``sample`` call is a handful of vectorised gathers: training
 calls it thousands of times.
 
-Torch (and scipy) are imported only where used, so the dataset tools (``ssmc data inspect``)
-can use the episode helpers without paying for them.
+Torch is imported only where used, so the dataset tools (``ssmc data inspect``) can use the
+episode helpers without paying for it.
 """
 
 from __future__ import annotations
@@ -40,12 +40,6 @@ def episode_bounds(data: OfflineData) -> tuple[np.ndarray, np.ndarray]:
     return starts.astype(np.int64), ends.astype(np.int64)
 
 
-def split_episodes(data: OfflineData) -> list[slice]:
-    """One row slice per episode (see ``episode_bounds`` for where episodes end)."""
-    starts, ends = episode_bounds(data)
-    return [slice(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
-
-
 def _cumsum0(rewards: np.ndarray) -> np.ndarray:
     """(N+1,) float64 running sum with a leading 0: the sum of rows a..b-1 is C[b] - C[a]."""
     return np.concatenate(([0.0], np.cumsum(np.asarray(rewards, np.float64))))
@@ -56,18 +50,6 @@ def episode_returns(data: OfflineData) -> np.ndarray:
     starts, ends = episode_bounds(data)
     c = _cumsum0(data.rewards)
     return c[ends] - c[starts]
-
-
-def returns_to_go(rewards: np.ndarray, gamma: float = 1.0) -> np.ndarray:
-    """(T,) float64 return-to-go of ONE episode's (T,) rewards: R_t = sum_{t'>=t} gamma^(t'-t) r_t'.
-
-    The reward at step t is included, the convention Decision Transformer trains with.
-    """
-    from scipy.signal import lfilter  # scipy.signal takes ~1.5 s to import: only when used
-
-    r = np.asarray(rewards, np.float64)
-    # A first-order IIR filter run over the reversed rewards is the discounted suffix sum.
-    return lfilter([1.0], [1.0, -gamma], r[::-1])[::-1].copy()
 
 
 def obs_stats(data: OfflineData) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +116,6 @@ class WindowSampler:
 
         starts, ends = episode_bounds(data)
         lengths = ends - starts
-        self.n_episodes = int(lengths.size)
         self.max_ep_len = int(lengths.max())
         # Per transition row: its episode's first row and one past its last row.  (N,)
         self._row_start = np.repeat(starts, lengths)

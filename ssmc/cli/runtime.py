@@ -51,12 +51,13 @@ def run_cmd(artifact: str, env_id: str | None, episodes: int, seed: int, target_
 @click.argument("artifact", type=click.Path(exists=True))
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
               help="PyTorch checkpoint to compare with [default: the one the artifact was compiled from, if present].")
+@click.option("--env", "env_id", default=None, help="Environment id [default: the one the artifact records].")
 @click.option("--episodes", type=int, default=5, show_default=True, help="Rollouts per side (0: skip scores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object on stdout.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write verify.json, verify.md and verify.png (latency histogram, score comparison) here.")
-def verify_cmd(artifact: str, checkpoint: str | None, episodes: int, seed: int, as_json: bool,
+def verify_cmd(artifact: str, checkpoint: str | None, env_id: str | None, episodes: int, seed: int, as_json: bool,
                report_dir: str | None) -> None:
     """Check ARTIFACT against its PyTorch checkpoint and its target's budgets.
 
@@ -70,7 +71,7 @@ def verify_cmd(artifact: str, checkpoint: str | None, episodes: int, seed: int, 
     from ssmc.runtime.verify import markdown, verify_artifact, write_report
 
     runtime_bundle(progress=_say)
-    verdict = verify_artifact(artifact, checkpoint, episodes, seed, progress=not as_json)
+    verdict = verify_artifact(artifact, checkpoint, episodes, seed, progress=not as_json, env_id=env_id)
     if report_dir:
         for path in write_report(verdict, report_dir):
             _say(f"wrote {path}")

@@ -6,14 +6,12 @@ import json
 
 import click
 
-# Hopper-v5: the configuration the papers' parameter counts refer to.
-HOPPER_DIMS = (11, 3)
-
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
 def models(as_json: bool) -> None:
     """List the model zoo with parameter counts and MACs per control step (hopper: obs 11, act 3)."""
+    from ssmc.envs import HOPPER_DIMS
     from ssmc.train.models import MODELS, build_model
 
     rows = []
@@ -36,6 +34,9 @@ def models(as_json: bool) -> None:
 @click.option("--model", "model_name", required=True, help="Model kind: see `ssmc models`.")
 @click.option("--dataset", required=True, help="D4RL-layout HDF5, Minari dataset dir/id, or an ssmc file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--env", "env_id", default=None,
+              help="Environment id (e.g. Hopper-v5), recorded in the checkpoint and the artifacts compiled from it "
+                   "[default: what the dataset names; D4RL's HDF5 files name none].")
 @click.option("--steps", type=int, default=10_000, show_default=True, help="Gradient steps.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
@@ -49,29 +50,32 @@ def models(as_json: bool) -> None:
               help="torch CPU threads (0: torch's default); one often beats two on small CPUs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last save.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(model_name: str, dataset: str, out: str, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
+def train(model_name: str, dataset: str, out: str, env_id: str | None, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
           overrides: tuple[str, ...], device: str, threads: int, resume: bool, quiet: bool) -> None:
     """Train a model on an offline dataset; writes config.json + model.safetensors + train_log.csv to --out."""
     import torch
 
+    from ssmc.envs import guess_env, resolve_env
     from ssmc.errors import ConfigError
+    from ssmc.rollout import check_dims
     from ssmc.train.dataset import load_dataset
-    from ssmc.train.envs import guess_env
     from ssmc.train.models import MODELS
-    from ssmc.train.rollout import check_dims
     from ssmc.train.trainer import TrainConfig, Trainer
 
     if model_name not in MODELS:
         raise ConfigError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
     data = load_dataset(dataset)
-    env = guess_env(data.env_id, dataset)
+    env = resolve_env(env_id) if env_id else guess_env(data.env_id, dataset)
     if env is not None:
         check_dims(env.env_id, (data.obs_dim, data.act_dim), f"dataset {dataset}")
+    elif not data.env_id:
+        click.echo(f"warning: {dataset} does not name its environment: pass --env ENV_ID (e.g. --env Hopper-v5) "
+                   "so that eval, compile, run and verify know it", err=True)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, seed=seed, threads=threads)
     trainer = Trainer(model_name, data, out, cfg, overrides=_parse_overrides(overrides), device=device,
-                      dataset_path=dataset)
+                      dataset_path=dataset, env_id=env.env_id if env is not None else None)
     if resume:
         trainer.resume()
         click.echo(f"resuming {out} at step {trainer.step}", err=True)

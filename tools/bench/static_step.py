@@ -289,7 +289,7 @@ def check_ssmc(artifact: Path, fn: Any) -> float:
     import torch
 
     from ssmc.artifact import load_manifest, read_reference
-    from ssmc.compile.build import max_rel_error
+    from ssmc.numerics import max_rel_error
     from ssmc.runtime import Policy
 
     manifest = load_manifest(artifact)
@@ -563,9 +563,9 @@ def build_model_entries(kind: str, precisions: list[str], peers: list[str], zoo:
     """Build, check and wrap every peer of ``kind``; the model's row (without timing) and its entries."""
     import torch
 
-    from ssmc.compile.build import max_rel_error
     from ssmc.compile.export import export_step
     from ssmc.compile.quantize import quantize_int8
+    from ssmc.numerics import max_rel_error
     from ssmc.train.models import save_checkpoint
 
     model, extra, source = sl.load_model(kind, zoo)

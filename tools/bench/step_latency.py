@@ -220,9 +220,9 @@ def _stats(samples_ns: list[int]) -> dict[str, float]:
 def bench_model(kind: str, zoo: Path, rounds: int, round_ms: float, window_compiled: bool,
                 say: Any) -> dict[str, Any]:
     """Build every peer for ``kind``, check them against PyTorch, time them interleaved."""
-    from ssmc.compile.build import max_rel_error
     from ssmc.compile.export import StepFunction, export_step, normalisation
     from ssmc.compile.quantize import quantize_int8
+    from ssmc.numerics import max_rel_error
 
     model, extra, source = load_model(kind, zoo)
     deploy, window = semantics_of(model)

@@ -78,7 +78,7 @@ def _episode(env: Any, policy: LinearPolicy, env_seed: int, shift: float, want_s
 
 def _rollout(task: tuple[str, int, LinearPolicy, int, float, bool]) -> tuple[float, int, np.ndarray | None, np.ndarray | None]:
     """``_episode`` on this process's env for (env id, time limit), created on first use."""
-    from ssmc.train.envs import make_env
+    from ssmc.envs import make_env
 
     env_id, horizon, policy, env_seed, shift, want_stats = task
     env = _WORKER_ENVS.get((env_id, horizon))
@@ -89,7 +89,7 @@ def _rollout(task: tuple[str, int, LinearPolicy, int, float, bool]) -> tuple[flo
 
 def evaluate(policy: LinearPolicy, env_id: str, seeds: list[int]) -> list[float]:
     """Undiscounted returns of the deterministic ``policy`` on ``env_id``, one episode per reset seed."""
-    from ssmc.train.envs import make_env
+    from ssmc.envs import make_env
 
     env = make_env(env_id)
     try:
@@ -138,7 +138,7 @@ def train_ars(
     from tqdm import tqdm
 
     from ssmc import __version__
-    from ssmc.train.envs import make_env
+    from ssmc.envs import make_env
 
     cfg = config or ARS_CONFIGS.get(env_id, ARSConfig())
     env = make_env(env_id)

@@ -1,5 +1,9 @@
 """The environments ssmc knows: ids, aliases and the reference returns that normalise scores.
 
+Shared by every stage (training, ``ssmc run``/``verify``/``hil``, tools); imports neither torch nor the
+model code, and gymnasium only inside ``make_env``. ssmc's own T-maze (ssmc/tmaze.py) is registered with
+gymnasium on the first ``make_env("ssmc/...")``.
+
 MuJoCo tasks use D4RL's constants (random and expert returns of D4RL's v2 datasets, the
 numbers papers report ×100). ssmc runs them on gymnasium v5 / mujoco 3+ with behaviour data
 it collects itself, so such scores are "D4RL-like": computed with D4RL's constants, not
@@ -32,7 +36,11 @@ class EnvSpec:
         return 100.0 * (float(ret) - self.ref_min) / (self.ref_max - self.ref_min)
 
 
-# ssmc/TMaze-k{k}-v0 (ssmc.train.tmaze): return 1 = the cued turn, 0.5 = chance (a uniform guess). The turn
+#: Hopper-v5's observation and action sizes: the configuration the papers' parameter counts refer to
+#: (``ssmc models``, tools/claims.py, docs/models.md).
+HOPPER_DIMS = (11, 3)
+
+# ssmc/TMaze-k{k}-v0 (ssmc.tmaze): return 1 = the cued turn, 0.5 = chance (a uniform guess). The turn
 # ends every episode at step k + 1; the time limit k + 2 is never reached (no episode is cut as a timeout).
 TMAZE_LENGTHS = (5, 10, 20, 40, 80, 160)
 
@@ -98,7 +106,7 @@ def make_env(env: EnvSpec | str, **kwargs: Any) -> Any:
         kwargs.setdefault("max_episode_steps", env.max_episode_steps)
         env = env.env_id
     if env.startswith("ssmc/"):
-        import ssmc.train.tmaze  # noqa: F401  (registers ssmc's own gymnasium ids)
+        import ssmc.tmaze  # noqa: F401  (registers ssmc's own gymnasium ids)
     try:
         import mujoco
     except ImportError:  # gymnasium without the mujoco extra: classic-control envs still work
