@@ -3,7 +3,7 @@
 TVM compiles CUDA kernels through ``tvm_callback_cuda_compile`` (nvcc here) and wraps them with
 ``ffi.Module.create.cuda``, which lives in ``libtvm_runtime_cuda.so``. That library links against the
 driver, ``libcuda.so.1``; on a machine without a driver it fails to load, silently, and TVM then
-emits a *source-only* fallback module: the build "succeeds" with no device code in it (FINDINGS.md).
+emits a *source-only* fallback module: the build "succeeds" with no device code in it (docs/design.md).
 
 ``cuda_build_env`` fixes that for the duration of a build: it compiles a stub ``libcuda.so.1`` (every
 entry point returns CUDA_ERROR_NO_DEVICE; nothing is ever launched at build time) into a temporary

@@ -3,7 +3,7 @@
 TVM's default CPU lowering leaves every kernel as the loop nest ``LegalizeOps`` wrote: a batch-1 matmul
 ``x (1, K) @ W (K, N)`` reduces over ``k`` innermost for each output ``n``, reading ``W`` down a column
 (stride N) one float at a time. Measured here: a 64x256 matmul took 30 µs that way and 0.7 µs
-scheduled as below; the probe in FINDINGS.md lost ~5x to ONNX Runtime on such matmuls. DLight's CPU
+scheduled as below; the probe docs/design.md reports lost ~5x to ONNX Runtime on such matmuls. DLight's CPU
 rules (``dlight.cpu.GEMV``) only handle weights stored (N, K) ("inner reduction"), while the folded
 weights here are (K, N), so they declined every matmul.
 

@@ -49,7 +49,7 @@ ACTION_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}
 #: Allowed |score difference| in D4RL-normalised points, runtime vs PyTorch on the same seeds. fp32
 #: differs only by float rounding, which a chaotic plant can still amplify over 1000 steps.
 SCORE_TOLERANCE = {"fp32": 1.0, "fp16": 2.0, "int8": 2.0}
-#: Parameter counts the papers report for their hopper configurations (MODELS.md), None where a paper
+#: Parameter counts the papers report for their hopper configurations (docs/models-spec.md), None where a paper
 #: gives none.
 PAPER_PARAMS: dict[str, tuple[int | None, str]] = {
     "dt": (726_200, "DeMa paper, Table: DT 726.2K (hopper)"),

@@ -41,7 +41,7 @@ from ssmc.train.models import MODELS, PolicyModel, build_model, save_checkpoint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CONTEXTS = (5, 10, 20, 40, 80, 160)
-# What each paper claims (MODELS.md, the papers in /work/shared/papers); count = its parameter count on hopper.
+# What each paper claims (docs/models-spec.md); count = its parameter count on hopper.
 CLAIMS: dict[str, dict[str, Any]] = {
     "dt": {"count": "726.2K", "text": "726.2K parameters on hopper (DeMa's table); ≈0.73 M (CORL)"},
     "dema": {"count": "175.5K", "text": "175.5K parameters (embedding 256, hopper-medium); beats DT with about "
@@ -208,7 +208,7 @@ def markdown(data: dict[str, Any], png: Path) -> str:
     window = [n for n in names if at[n, k0]["semantics"] == "window"]
     growth = {n: (at[n, k1]["cpu_median_s"] / at[n, k0]["cpu_median_s"],
                   at[n, k1]["macs_per_step"] / at[n, k0]["macs_per_step"]) for n in names}
-    lines += ["", "What each paper claims (MODELS.md):", ""]
+    lines += ["", "What each paper claims (docs/models-spec.md):", ""]
     dt_params = next((r["params"] for r in data["models"] if r["model"] == "dt"), None)
     for r in data["models"]:
         claim = CLAIMS.get(r["model"])

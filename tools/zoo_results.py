@@ -2,7 +2,7 @@
 
 Every number in the table comes from the `ssmc train` / `ssmc eval --json` commands this script
 runs (printed in the doc verbatim), with their wall times. Runs execute --jobs at a time with
-one torch thread each (one thread often beats two on this 2-core machine, FINDINGS.md).
+one torch thread each (one thread often beats two on this 2-core machine, docs/design.md).
 
     python tools/zoo_results.py --dataset data/hopper-v5-medium.hdf5 --steps 3000 --episodes 10
 """

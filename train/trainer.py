@@ -1,6 +1,6 @@
 """Offline training loop: AdamW, linear warm-up, gradient clipping, resumable checkpoints.
 
-A checkpoint directory is the boundary between training and compiling (DESIGN.md):
+A checkpoint directory is the boundary between training and compiling (docs/design.md):
 ``config.json`` (model kind + config, normalisation statistics, return-to-go scale, default
 target return, the run's settings) and ``model.safetensors``; ``train_log.csv`` records the
 loss curve. Resuming needs two more files, ``trainer_state.safetensors`` (optimizer moments,
@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     save_every: int = 1_000
-    threads: int = 1  # one thread beat two on 2-core machines (FINDINGS.md); 0 keeps torch's default
+    threads: int = 1  # one thread beat two on 2-core machines (docs/design.md); 0 keeps torch's default
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "save_every"):

@@ -26,7 +26,7 @@ def resolve_checkpoint(model: str, workspace: str = "runs") -> Path:
 
 @click.command("compile")
 @click.option("--model", "model", required=True, metavar="CHECKPOINT|NAME",
-              help="Checkpoint directory, or a model name (dt, dema, dema-rnn, dmm): the newest checkpoint "
+              help="Checkpoint directory, or a model name (dt, dema, dema-rnn, dmm, mambadm, dmh): the newest checkpoint "
                    "of that kind under --workspace.")
 @click.option("--target", required=True, help="Target name (see `ssmc targets`) or a descriptor .json.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,

@@ -1,4 +1,4 @@
-"""The model zoo (MODELS.md): registry, construction from names or configs, and checkpoints.
+"""The model zoo (docs/models-spec.md): registry, construction from names or configs, and checkpoints.
 
     model = build_model("dema", obs_dim=11, act_dim=3, embedding_dim=256)
     save_checkpoint(model, "runs/hopper-dema", {"obs_mean": [...], "rtg_scale": 1000.0})

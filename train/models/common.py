@@ -1,6 +1,6 @@
 """What every ssmc policy shares: the config base class, the model interface, and small helpers.
 
-The interface (DESIGN.md, "Models"):
+The interface (docs/design.md, "Models and their two semantics"):
 - ``forward(batch) -> actions (B, K, act_dim)`` in [-1, 1] (tanh head) and ``loss(batch)``, masked MSE;
 - ``init_state(batch_size) -> state`` and ``step(state, obs, rtg) -> (action, new_state)``, a pure function
   of tensors with static shapes (the compiler exports it); ``state_spec()`` names the state tensors;
@@ -139,7 +139,7 @@ class PolicyModel(nn.Module):
         """This model run in the other semantics, with a copy of its weights (``self`` if already so).
 
         A window-trained model stepped recurrently sees the whole episode instead of the last K steps:
-        an approximation whose score drift must be measured (DESIGN.md, Models). Models without the
+        an approximation whose score drift must be measured (docs/design.md). Models without the
         requested variant raise ConfigError."""
         if semantics not in SEMANTICS:
             raise ConfigError(f"unknown semantics {semantics!r}; known: {', '.join(SEMANTICS)}")

@@ -137,7 +137,7 @@ class DecisionMetaMamba(RsaWindowPolicy):
 
 
 class DecisionMetaMambaRecurrent(DecisionMetaMamba):
-    """DMM stepped on carried state: ``dmm.with_semantics("recurrent")`` (MODELS.md, DMM step state).
+    """DMM stepped on carried state: ``dmm.with_semantics("recurrent")`` (docs/models-spec.md, DMM).
 
     It sees the episode from its start instead of the last K steps, so for a window-trained DMM it is an
     approximation past step K (exact before). State per layer i: dsm_i (B, w - 1, h), the DSM's last

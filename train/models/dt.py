@@ -6,7 +6,7 @@ Tokens (R_t, s_t, a_t) per timestep, each embedded by a linear layer plus a lear
 from the output at the s_t token. MuJoCo sizes as kzl/decision-transformer and CORL's dt.py: K = 20,
 h = 128, 3 layers, 1 head, dropout 0.1, 1000-row timestep table: 0.73 M parameters on hopper.
 
-Choices (MODELS.md leaves them open):
+Choices (the papers leave them open; docs/models-spec.md):
 - Padding: an attention mask built from ``mask`` hides padded keys from every query (a padded query
   attends to itself only, so no row is empty); real outputs are independent of what the padding holds.
 - MLP activation ``relu`` as the original gym code's default (CORL uses ``gelu``; a config option).

@@ -4,7 +4,7 @@ Modeling in Offline Reinforcement Learning"), built on its Global-local Fusion M
 What the paper fixes (Figure 1): embeddings of the return-to-go-conditioned trajectory; N layers, each a
 global branch (Mamba over the whole token sequence) and a local branch (Mamba over short sub-sequences)
 whose outputs are fused and fed to a feed-forward network; an action predictor. No public code exists,
-so everything below it leaves open is a choice, a config field, and written down here (MODELS.md):
+so everything below it leaves open is a choice, a config field, and written down here (and in docs/models-spec.md):
 
 - Tokens (R_t, s_t, a_t) per timestep, interleaved ("B3LD") as DT and DMM; linear embeddings, embed_ln,
   dropout 0.1 (DT's); no timestep embedding (Mamba's scan is itself positional, as DeMa and DMM drop it).
@@ -35,7 +35,7 @@ Semantics. ``MambaDM`` ("mambadm") runs as DT/DMM do: every control step re-enco
 timesteps, left-padded with zero inputs as training windows are; the current a_t slot holds zeros
 until predicted. ``mambadm.with_semantics("recurrent")`` carries the global Mamba's conv/SSM state
 across the episode (O(1) per step): exact for sequences from the episode start, an approximation for
-a window-trained model past step K, whose score drift must be measured (DESIGN.md). The local branch
+a window-trained model past step K, whose score drift must be measured (docs/design.md). The local branch
 needs no carried state when its runs tile the 3 tokens of a step (``local_tokens`` 1 or 3): every step
 starts a run. Otherwise its state and a step counter are carried and reset where a run starts.
 """
