@@ -39,6 +39,14 @@ STATUS = {0: "ok", 1: "argument", 2: "input", 3: "artifact", 4: "runtime"}
 
 _LIB: dict[str, ctypes.CDLL] = {}
 _f32p = ctypes.POINTER(ctypes.c_float)
+#: SSMC_API_VERSION this binding speaks (ssmc.h).
+API_VERSION = 2
+#: ssmc_open_options.flags: ignore SSMC_TRUSTED_KEYS.
+OPEN_NO_ENV = 1
+
+
+class _OpenOptions(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("trusted_keys", ctypes.c_char_p)]
 
 
 class PolicyError(SsmcError):
@@ -62,6 +70,7 @@ def load_library(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
     vp, sz, st = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
     sigs = {
         "ssmc_open": (st, [ctypes.c_char_p, ctypes.POINTER(vp)]),
+        "ssmc_open_with": (st, [ctypes.c_char_p, ctypes.POINTER(_OpenOptions), ctypes.POINTER(vp)]),
         "ssmc_close": (None, [vp]),
         "ssmc_reset": (st, [vp, ctypes.c_double]),
         "ssmc_act": (st, [vp, _f32p, sz, ctypes.c_double, _f32p, sz]),
@@ -78,8 +87,9 @@ def load_library(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
-    if lib.ssmc_api_version() != 1:
-        raise PolicyError(f"{key}: C API version {lib.ssmc_api_version()}, this binding speaks 1", 1)
+    if lib.ssmc_api_version() != API_VERSION:
+        raise PolicyError(f"{key}: C API version {lib.ssmc_api_version()}, this binding speaks {API_VERSION} "
+                          "(rebuild it: ssmc runtime --rebuild)", 1)
     _LIB[key] = lib
     return lib
 
@@ -87,7 +97,11 @@ def load_library(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL:
 class Policy:
     """One compiled policy behind the C runtime: ``reset(target_return)``, ``act(obs, last_reward)``."""
 
-    def __init__(self, artifact: str | os.PathLike[str], library: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, artifact: str | os.PathLike[str], library: str | os.PathLike[str] | None = None, *,
+                 trusted_keys: str | os.PathLike[str] | None = None) -> None:
+        """Open ``artifact`` (a directory, or a .tar unpacked first). ``trusted_keys``: a key file or folder whose
+        keys the artifact must be signed with (ssmc_open_with; docs/security.md); None: ``$SSMC_TRUSTED_KEYS``
+        when set, as for ssmc_open."""
         self._lib = load_library(library)
         self._handle = ctypes.c_void_p()
         self._tmp: str | None = None
@@ -96,24 +110,34 @@ class Policy:
             from ssmc.artifact import unpack_tar
 
             self._tmp = tempfile.mkdtemp(prefix="ssmc-artifact-")
-            path = unpack_tar(path, Path(self._tmp) / "artifact")
+            try:
+                path = unpack_tar(path, Path(self._tmp) / "artifact")
+            except BaseException:
+                self._cleanup()
+                raise
         self.path = path
-        status = self._lib.ssmc_open(str(path).encode(), ctypes.byref(self._handle))
+        if trusted_keys is None:
+            status = self._lib.ssmc_open(os.fsencode(path), ctypes.byref(self._handle))
+        else:
+            opts = _OpenOptions(ctypes.sizeof(_OpenOptions), OPEN_NO_ENV, os.fsencode(trusted_keys))
+            status = self._lib.ssmc_open_with(os.fsencode(path), ctypes.byref(opts), ctypes.byref(self._handle))
         if status != 0:
             self._cleanup()
-            raise PolicyError(self._lib.ssmc_last_error(None).decode(), status)
+            raise PolicyError(self._lib.ssmc_last_error(None).decode(errors="replace"), status)
         self.obs_dim = int(self._lib.ssmc_obs_dim(self._handle))
         self.act_dim = int(self._lib.ssmc_act_dim(self._handle))
         self.default_target_return = float(self._lib.ssmc_default_target_return(self._handle))
         self.state_bytes = int(self._lib.ssmc_state_bytes(self._handle))
         self.info = {k: self._lib.ssmc_info(self._handle, k.encode()).decode()
                      for k in ("model_kind", "semantics", "precision", "target", "library", "executor")}
+        #: the id of the trusted key whose signature ssmc_open verified ("" when no keys were configured)
+        self.signed_by = self._lib.ssmc_info(self._handle, b"signed_by").decode()
         self._action = np.zeros(self.act_dim, np.float32)
         self._action_p = self._action.ctypes.data_as(_f32p)
 
     def _check(self, status: int) -> None:
         if status != 0:
-            raise PolicyError(self._lib.ssmc_last_error(self._handle).decode(), status)
+            raise PolicyError(self._lib.ssmc_last_error(self._handle).decode(errors="replace"), status)
 
     def _live(self) -> ctypes.c_void_p:
         if not self._handle:

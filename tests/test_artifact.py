@@ -75,6 +75,7 @@ def _fields(**over: Any) -> dict[str, Any]:
         "library": "lib.so",
         "params": "params.bin",
         "executor": "static",
+        "entry": "ssmc_static_step",
         "arena_bytes": 4096,
         "param_count": 1234,
         "macs_per_step": 5678,
@@ -227,7 +228,7 @@ def test_manifest_missing_or_garbled(artifact: Path) -> None:
         ("normalisation_in_graph", "yes", "normalisation_in_graph"),
         ("arena_bytes", -1, "arena_bytes"),
         ("env_id", 3, "env_id"),
-        ("files", {"../lib.so": {"sha256": "0" * 64, "bytes": 1}}, "invalid artifact file name"),
+        ("files", {"../lib.so": {"sha256": "0" * 64, "bytes": 1}}, "not a valid artifact file name"),
     ],
 )
 def test_bad_manifest_fields(artifact: Path, key: str, value: Any, match: str) -> None:

@@ -13,9 +13,13 @@
  *   ssmc_close(p);
  *
  * An artifact is the directory `ssmc compile` writes (docs/artifact.md). ssmc_open verifies it
- * before anything runs: manifest format version, every file's size and sha256, no file missing or
- * extra, a CPU artifact built for this machine's architecture. It then loads the compiled library
- * and allocates every buffer the step needs. How depends on the manifest's executor:
+ * before anything runs: its signature when trusted keys are configured (ssmc_open_with), the manifest
+ * against its schema (runtime/c/manifest.schema.json, compiled in: types, enums, finite numbers,
+ * lengths against dims, no unknown fields, nesting at most 64 deep), its format version, every file's
+ * size and sha256, no file missing or extra, a CPU artifact built for this machine's architecture and
+ * CPU features. It then loads the compiled library, checks the compiled step's arguments and results
+ * (count, dtypes, shapes) against the manifest, and allocates every buffer the step needs. How depends
+ * on the manifest's executor:
  *   - "static": the library is native code exporting ssmc_static_abi.h; libssmc loads it itself
  *     (dlopen). Nothing of TVM is needed: libssmc.so and libc suffice.
  *   - "vm": the library is a Relax VM executable; libssmc loads its plugin libssmc_vm.so from its own
@@ -61,8 +65,9 @@ extern "C" {
 #define SSMC_API
 #endif
 
-/* Incremented when a function's behaviour or signature changes. */
-#define SSMC_API_VERSION 1
+/* Incremented when a function's behaviour or signature changes. 2: ssmc_open_with and trusted keys
+ * (signed artifacts), the manifest checked against its schema and against the compiled library at open. */
+#define SSMC_API_VERSION 2
 
 typedef struct ssmc_policy ssmc_policy;
 
@@ -75,8 +80,28 @@ typedef enum ssmc_status {
 } ssmc_status;
 
 /* Open and verify an artifact directory; on success *out is a reset policy, on failure NULL and
- * ssmc_last_error(NULL) says why. */
+ * ssmc_last_error(NULL) says why. The same as ssmc_open_with(artifact_dir, NULL, out): trusted keys come
+ * from the environment variable SSMC_TRUSTED_KEYS when it is set. */
 SSMC_API ssmc_status ssmc_open(const char *artifact_dir, ssmc_policy **out);
+
+/* Options of ssmc_open_with. Set size to sizeof(ssmc_open_options) (the struct may grow; fields are only
+ * added at its end). */
+typedef struct ssmc_open_options {
+  uint32_t size;
+  uint32_t flags;           /* SSMC_OPEN_* */
+  const char *trusted_keys; /* a key file or a folder of *.pub key files; NULL: SSMC_TRUSTED_KEYS if set */
+} ssmc_open_options;
+
+/* Ignore SSMC_TRUSTED_KEYS: only options->trusted_keys configures keys. */
+#define SSMC_OPEN_NO_ENV 1u
+
+/* Open with options (NULL: as ssmc_open). Signing (docs/security.md): when trusted keys are configured
+ * (options->trusted_keys, else SSMC_TRUSTED_KEYS) the artifact must carry manifest.sig, an Ed25519
+ * signature of manifest.json by one of those keys, checked before the manifest is parsed; an unsigned
+ * artifact, one signed by another key, or one changed after signing is refused (SSMC_ERR_ARTIFACT), and so
+ * is every artifact when the configured keys cannot be read or hold no key. Without keys a signature is
+ * not checked. Key files hold lines "ssmc-ed25519 <64 hex digits> [comment]" (`ssmc keygen` writes them). */
+SSMC_API ssmc_status ssmc_open_with(const char *artifact_dir, const ssmc_open_options *options, ssmc_policy **out);
 
 /* Free everything the handle owns. NULL is allowed. */
 SSMC_API void ssmc_close(ssmc_policy *policy);
@@ -101,7 +126,8 @@ SSMC_API uint64_t ssmc_steps(const ssmc_policy *policy);
 /* Bytes of model state carried between steps (the manifest's state_bytes). */
 SSMC_API size_t ssmc_state_bytes(const ssmc_policy *policy);
 /* A manifest string field: "model_kind", "semantics", "precision", "target" (the target's name),
- * "library", "executor" ("static" or "vm"); NULL for anything else. */
+ * "library", "executor" ("static" or "vm"), or "signed_by": the id of the trusted key whose signature was
+ * verified at open ("" when no keys were configured); NULL for anything else. */
 SSMC_API const char *ssmc_info(const ssmc_policy *policy, const char *key);
 
 /* The runtime's version string and SSMC_API_VERSION as compiled. */

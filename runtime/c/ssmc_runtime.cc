@@ -11,6 +11,7 @@
 #include "ssmc.h"
 #include "ssmc_static_abi.h"
 #include "ssmc_vm.h"
+#include "vendor/monocypher/monocypher-ed25519.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -19,8 +20,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -558,11 +561,335 @@ class JsonParser {
     const std::string token(start, p_);
     v.type = Json::kDouble;
     v.number = strtod_l(token.c_str(), nullptr, c_locale);
+    if (!std::isfinite(v.number)) {  // 1e999: Python reads inf, which no manifest may hold
+      p_ = start;
+      Error("number out of range");
+    }
   }
 
   const char* begin_;
   const char* p_;
   const char* end_;
+};
+
+// ============================================================================ the manifest schema
+// manifest.schema.json, the one definition of a manifest (Python validates with jsonschema against the
+// same file, ssmc/artifact/schema.py), is compiled into this library (the Makefile wraps it as a raw
+// string literal) and interpreted here. The interpreter knows the JSON Schema 2020-12 keywords that file
+// uses and refuses any other, so the schema cannot say something this reader silently ignores. Messages
+// are worded exactly as Python's (field paths like inputs[0].dtype), which the shared bad-manifest corpus
+// (tests/manifest_corpus) checks case by case.
+
+const char kSchemaText[] =
+#include "ssmc_schema.inc"
+    ;
+
+// A field path: keys joined by '.', array indices as [i] (Python's _path in ssmc/artifact/schema.py).
+std::string JoinPath(const std::string& path, const std::string& key) { return path.empty() ? key : path + "." + key; }
+std::string IndexPath(const std::string& path, size_t i) { return path + "[" + std::to_string(i) + "]"; }
+
+std::string JoinNames(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + OneLine(n.c_str(), 200);
+  return out;
+}
+
+// Code points in UTF-8 text (a lone surrogate's three bytes count once, as Python counts it).
+size_t CodePoints(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+bool IsHex(char c, bool lower_only) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (!lower_only && c >= 'A' && c <= 'F');
+}
+
+bool SafeRelativeName(const std::string& name);
+
+// ISO 8601 as ssmc writes it: YYYY-MM-DDTHH:MM:SS, optional .f (1-6 digits), optional Z or +HH:MM/-HH:MM.
+bool IsCreatedTime(const std::string& s) {
+  auto digits = [&](size_t at, size_t n, int lo, int hi) {
+    if (at + n > s.size()) return false;
+    int v = 0;
+    for (size_t i = at; i < at + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return false;
+      v = v * 10 + (s[i] - '0');
+    }
+    return v >= lo && v <= hi;
+  };
+  if (s.size() < 19 || !digits(0, 4, 1, 9999) || s[4] != '-' || !digits(5, 2, 1, 12) || s[7] != '-' ||
+      !digits(8, 2, 1, 31) || s[10] != 'T' || !digits(11, 2, 0, 23) || s[13] != ':' || !digits(14, 2, 0, 59) ||
+      s[16] != ':' || !digits(17, 2, 0, 59)) {
+    return false;
+  }
+  size_t i = 19;
+  if (i < s.size() && s[i] == '.') {
+    size_t j = i + 1;
+    while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
+    if (j == i + 1 || j - i - 1 > 6) return false;
+    i = j;
+  }
+  if (i == s.size()) return true;
+  if (s[i] == 'Z') return i + 1 == s.size();
+  if (s[i] != '+' && s[i] != '-') return false;
+  return s.size() == i + 6 && digits(i + 1, 2, 0, 23) && s[i + 3] == ':' && digits(i + 4, 2, 0, 59);
+}
+
+// NULL when s has the format, else what it must be (the same sentences as Python's FORMATS).
+const char* FormatError(const std::string& format, const std::string& s) {
+  if (format == "ssmc-text") {
+    return s.find('\0') == std::string::npos ? nullptr : "must not contain NUL characters";
+  }
+  if (format == "ssmc-sha256") {
+    bool ok = s.size() == 64;
+    for (char c : s) ok = ok && IsHex(c, true);
+    return ok ? nullptr : "must be 64 lowercase hex digits";
+  }
+  if (format == "ssmc-tensor-name") {
+    const bool ok = !s.empty() && CodePoints(s) <= 256 && s.find_first_of(std::string("/\\\0", 3)) == std::string::npos;
+    return ok ? nullptr : "is not a valid tensor name (1 to 256 characters, no '/', '\\' or NUL)";
+  }
+  if (format == "ssmc-file-name") {
+    const bool ok = CodePoints(s) <= 1024 && SafeRelativeName(s) && s != "manifest.json" && s != "manifest.sig";
+    return ok ? nullptr : "is not a valid artifact file name (a relative path without '..', hidden parts or backslashes)";
+  }
+  if (format == "ssmc-created") {
+    return IsCreatedTime(s) ? nullptr : "is not an ISO 8601 time (YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+HH:MM])";
+  }
+  return "";  // unknown format: refused when the schema is loaded
+}
+
+std::string NumberText(const Json& n) {
+  if (n.type == Json::kInt) return std::to_string(n.integer);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", n.number);
+  return buf;
+}
+
+double AsDouble(const Json& n) { return n.type == Json::kInt ? static_cast<double>(n.integer) : n.number; }
+
+// a < b for two JSON numbers, exactly when both are integers.
+int CompareNumbers(const Json& a, const Json& b) {
+  if (a.type == Json::kInt && b.type == Json::kInt) return a.integer < b.integer ? -1 : (a.integer > b.integer ? 1 : 0);
+  const double x = AsDouble(a), y = AsDouble(b);
+  return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+const char* TypeWords(const std::string& t) {
+  if (t == "object") return "an object";
+  if (t == "array") return "a list";
+  if (t == "string") return "a string";
+  if (t == "integer") return "an integer";
+  if (t == "number") return "a number";
+  if (t == "boolean") return "true or false";
+  if (t == "null") return "null";
+  return "?";
+}
+
+bool HasType(const Json& v, const std::string& t) {
+  switch (v.type) {
+    case Json::kNull: return t == "null";
+    case Json::kBool: return t == "boolean";
+    case Json::kInt: return t == "integer" || t == "number";
+    case Json::kDouble: return t == "number";
+    case Json::kString: return t == "string";
+    case Json::kArray: return t == "array";
+    case Json::kObject: return t == "object";
+  }
+  return false;
+}
+
+bool JsonEqual(const Json& a, const Json& b) {
+  const bool num_a = a.type == Json::kInt || a.type == Json::kDouble, num_b = b.type == Json::kInt || b.type == Json::kDouble;
+  if (num_a || num_b) return num_a && num_b && CompareNumbers(a, b) == 0;
+  if (a.type != b.type) return false;
+  switch (a.type) {
+    case Json::kNull: return true;
+    case Json::kBool: return a.boolean == b.boolean;
+    case Json::kString: return a.string == b.string;
+    default: return false;  // the schema's enums and consts hold scalars only (checked at load)
+  }
+}
+
+class Schema {
+ public:
+  // The compiled-in schema, parsed and checked once.
+  static const Schema& Get() {
+    static const Schema* schema = [] {
+      auto* s = new Schema();
+      s->root_ = JsonParser(std::string(kSchemaText)).Document();
+      s->CheckSchema(s->root_, "#");
+      return s;
+    }();
+    return *schema;
+  }
+
+  // Throws a Failure naming the first violation (where: "manifest.json").
+  void Validate(const Json& v) const { Check(root_, v, ""); }
+
+ private:
+  [[noreturn]] static void Bad(const std::string& path, const std::string& what) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + (path.empty() ? what : "field " + path + ": " + what));
+  }
+
+  // Every keyword this interpreter implements, and the annotations it ignores.
+  void CheckSchema(const Json& s, const std::string& at) const {
+    static const char* kKnown[] = {"type", "enum", "const", "format", "minLength", "maxLength", "minimum", "maximum",
+                                   "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "maxItems",
+                                   "required", "properties", "additionalProperties", "propertyNames",
+                                   "maxProperties", "$ref", "$defs", "$schema", "$id", "title", "description",
+                                   "$comment", "x-ssmc-rules"};
+    if (s.type != Json::kObject) Fail(SSMC_ERR_RUNTIME, "manifest schema: " + at + " is not a schema object");
+    for (size_t i = 0; i < s.keys.size(); ++i) {
+      const std::string& k = s.keys[i];
+      bool known = false;
+      for (const char* n : kKnown) known = known || k == n;
+      if (!known) Fail(SSMC_ERR_RUNTIME, "manifest schema: " + at + " uses " + k + ", which this runtime does not implement");
+      const Json& sub = s.items[i];
+      if (k == "items" || k == "propertyNames" || (k == "additionalProperties" && sub.type == Json::kObject)) {
+        CheckSchema(sub, at + "/" + k);
+      } else if (k == "properties" || k == "$defs") {
+        for (size_t j = 0; j < sub.keys.size(); ++j) CheckSchema(sub.items[j], at + "/" + k + "/" + sub.keys[j]);
+      } else if (k == "format") {
+        if (sub.type != Json::kString || (sub.string != "ssmc-text" && sub.string != "ssmc-sha256" &&
+                                          sub.string != "ssmc-tensor-name" && sub.string != "ssmc-file-name" &&
+                                          sub.string != "ssmc-created")) {
+          Fail(SSMC_ERR_RUNTIME, "manifest schema: " + at + " names an unknown format");
+        }
+      } else if (k == "enum" || k == "const") {
+        const std::vector<Json> one = k == "const" ? std::vector<Json>{sub} : sub.items;
+        for (const Json& e : one) {
+          if (e.type == Json::kArray || e.type == Json::kObject) Fail(SSMC_ERR_RUNTIME, "manifest schema: " + at + ": non-scalar " + k);
+        }
+      } else if (k == "$ref") {
+        Resolve(sub, at);
+      }
+    }
+  }
+
+  const Json& Resolve(const Json& ref, const std::string& at) const {
+    static const std::string kPrefix = "#/$defs/";
+    if (ref.type == Json::kString && ref.string.compare(0, kPrefix.size(), kPrefix) == 0) {
+      if (const Json* defs = root_.Find("$defs")) {
+        if (const Json* target = defs->Find(ref.string.substr(kPrefix.size()))) return *target;
+      }
+    }
+    Fail(SSMC_ERR_RUNTIME, "manifest schema: " + at + ": unresolvable $ref");
+  }
+
+  void Check(const Json& s, const Json& v, const std::string& path) const {
+    if (const Json* ref = s.Find("$ref")) Check(Resolve(*ref, path), v, path);
+    if (const Json* type = s.Find("type")) {
+      const std::vector<Json> types = type->type == Json::kArray ? type->items : std::vector<Json>{*type};
+      bool ok = false;
+      std::string words;
+      for (const Json& t : types) {
+        ok = ok || HasType(v, t.string);
+        words += (words.empty() ? "" : " or ") + std::string(TypeWords(t.string));
+      }
+      if (!ok) Bad(path, "must be " + words);
+    }
+    if (const Json* c = s.Find("const")) {
+      if (!JsonEqual(*c, v)) Bad(path, "must be " + (c->type == Json::kString ? c->string : NumberText(*c)));
+    }
+    if (const Json* e = s.Find("enum")) {
+      bool ok = false;
+      std::vector<std::string> names;
+      for (const Json& x : e->items) {
+        ok = ok || JsonEqual(x, v);
+        names.push_back(x.type == Json::kString ? x.string : NumberText(x));
+      }
+      if (!ok) Bad(path, "must be one of " + JoinNames(names));
+    }
+    if (v.type == Json::kString) {
+      if (const Json* f = s.Find("format")) {
+        if (const char* why = FormatError(f->string, v.string)) Bad(path, why);
+      }
+      if (const Json* n = s.Find("minLength")) {
+        if (static_cast<int64_t>(CodePoints(v.string)) < n->integer) {
+          Bad(path, n->integer == 1 ? "must not be empty" : "must have at least " + NumberText(*n) + " characters");
+        }
+      }
+      if (const Json* n = s.Find("maxLength")) {
+        if (static_cast<int64_t>(CodePoints(v.string)) > n->integer) Bad(path, "must have at most " + NumberText(*n) + " characters");
+      }
+    }
+    if (v.type == Json::kInt || v.type == Json::kDouble) {
+      if (const Json* n = s.Find("minimum")) {
+        if (CompareNumbers(v, *n) < 0) Bad(path, "must be >= " + NumberText(*n));
+      }
+      if (const Json* n = s.Find("exclusiveMinimum")) {
+        if (CompareNumbers(v, *n) <= 0) Bad(path, "must be > " + NumberText(*n));
+      }
+      if (const Json* n = s.Find("maximum")) {
+        if (CompareNumbers(v, *n) > 0) Bad(path, "must be <= " + NumberText(*n));
+      }
+      if (const Json* n = s.Find("exclusiveMaximum")) {
+        if (CompareNumbers(v, *n) >= 0) Bad(path, "must be < " + NumberText(*n));
+      }
+    }
+    if (v.type == Json::kArray) {
+      if (const Json* n = s.Find("minItems")) {
+        if (static_cast<int64_t>(v.items.size()) < n->integer) Bad(path, "must have at least " + NumberText(*n) + " items");
+      }
+      if (const Json* n = s.Find("maxItems")) {
+        if (static_cast<int64_t>(v.items.size()) > n->integer) Bad(path, "must have at most " + NumberText(*n) + " items");
+      }
+      if (const Json* items = s.Find("items")) {
+        for (size_t i = 0; i < v.items.size(); ++i) Check(*items, v.items[i], IndexPath(path, i));
+      }
+    }
+    if (v.type == Json::kObject) {
+      // A repeated key counts once, with its last value (as Python's dict keeps it).
+      std::vector<size_t> members;
+      for (size_t i = 0; i < v.keys.size(); ++i) {
+        if (v.Find(v.keys[i]) == &v.items[i]) members.push_back(i);
+      }
+      if (const Json* req = s.Find("required")) {
+        std::vector<std::string> missing;
+        for (const Json& r : req->items) {
+          if (v.Find(r.string) == nullptr) missing.push_back(r.string);
+        }
+        if (!missing.empty()) Bad(path, "missing field(s) " + JoinNames(missing));
+      }
+      if (const Json* n = s.Find("maxProperties")) {
+        if (static_cast<int64_t>(members.size()) > n->integer) Bad(path, "must have at most " + NumberText(*n) + " fields");
+      }
+      const Json* props = s.Find("properties");
+      const Json* extra = s.Find("additionalProperties");
+      if (extra != nullptr && extra->type == Json::kBool && !extra->boolean) {
+        std::vector<std::string> unknown;
+        for (size_t i : members) {
+          if (props == nullptr || props->Find(v.keys[i]) == nullptr) unknown.push_back(v.keys[i]);
+        }
+        std::sort(unknown.begin(), unknown.end());
+        if (!unknown.empty()) {
+          Bad(path, "unknown field(s) " + JoinNames(unknown) + (path.empty() ? " (put extras under 'extra')" : ""));
+        }
+      }
+      if (const Json* names = s.Find("propertyNames")) {
+        for (size_t i : members) {
+          Json key;
+          key.type = Json::kString;
+          key.string = v.keys[i];
+          try {
+            Check(*names, key, "");
+          } catch (const Failure& f) {
+            const std::string prefix = "manifest.json: ";
+            Bad(path, "name " + OneLine(v.keys[i].c_str(), 200) + " " + f.message.substr(prefix.size()));
+          }
+        }
+      }
+      for (size_t i : members) {
+        const Json* sub = props != nullptr ? props->Find(v.keys[i]) : nullptr;
+        if (sub != nullptr) Check(*sub, v.items[i], JoinPath(path, v.keys[i]));
+        else if (extra != nullptr && extra->type == Json::kObject) Check(*extra, v.items[i], JoinPath(path, v.keys[i]));
+      }
+    }
+  }
+
+  Json root_;
 };
 
 // ================================================== manifest reading and artifact verification
@@ -580,82 +907,162 @@ constexpr uint8_t kInt = 0, kUInt = 1, kFloat = 2;
 struct Manifest {
   std::string dir;  // the artifact directory, absolute
   std::string model_kind, semantics, precision, target_name, library, entry, executor;
+  std::string signed_by;  // the key id that signed manifest.json, "" when no signature was checked
   size_t obs_dim = 0, act_dim = 0, state_bytes = 0;
   uint64_t arena_bytes = 0;
   double target_return = 0.0;
   std::vector<TensorSpec> inputs, outputs, state;
 };
 
-// Every access names the field that is missing or of the wrong type.
-const Json& Field(const Json& obj, const std::string& key, const std::string& where = "") {
+// Field access after the schema has been checked: types are known, a miss is a bug, still not a crash.
+const Json& Field(const Json& obj, const std::string& key) {
   const Json* v = obj.Find(key);
-  if (v == nullptr) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing field " + where + key);
+  if (v == nullptr) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing field " + key);
   return *v;
 }
-std::string Str(const Json& obj, const std::string& key, const std::string& where = "") {
-  const Json& v = Field(obj, key, where);
-  if (v.type != Json::kString) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be a string");
-  if (v.string.find('\0') != std::string::npos) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must not contain NUL characters");
+const std::string& Str(const Json& obj, const std::string& key) { return Field(obj, key).string; }
+int64_t Int(const Json& obj, const std::string& key) { return Field(obj, key).integer; }
+double Num(const Json& obj, const std::string& key) { return AsDouble(Field(obj, key)); }
+
+// dtype name -> DLPack code and bits (the schema's enum).
+bool DtypeCode(const std::string& dtype, uint8_t* code, uint8_t* bits) {
+  static const struct { const char* name; uint8_t code, bits; } kDtypes[] = {
+      {"float32", kFloat, 32}, {"float16", kFloat, 16}, {"float64", kFloat, 64}, {"int32", kInt, 32},
+      {"int64", kInt, 64},     {"int8", kInt, 8},       {"uint8", kUInt, 8}};
+  for (const auto& d : kDtypes) {
+    if (dtype == d.name) {
+      *code = d.code;
+      *bits = d.bits;
+      return true;
+    }
   }
-  return v.string;
-}
-int64_t Int(const Json& obj, const std::string& key, const std::string& where = "") {
-  const Json& v = Field(obj, key, where);
-  if (v.type != Json::kInt) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be an integer");
-  return v.integer;
-}
-double Num(const Json& obj, const std::string& key) {
-  const Json& v = Field(obj, key);
-  if (v.type == Json::kInt) return static_cast<double>(v.integer);
-  if (v.type != Json::kDouble || !std::isfinite(v.number)) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + key + " must be a finite number");
-  }
-  return v.number;
-}
-const Json& Obj(const Json& obj, const std::string& key, const std::string& where = "") {
-  const Json& v = Field(obj, key, where);
-  if (v.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + where + key + " must be an object");
-  return v;
-}
-const Json& Arr(const Json& obj, const std::string& key) {
-  const Json& v = Field(obj, key);
-  if (v.type != Json::kArray) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + key + " must be a list");
-  return v;
+  return false;
 }
 
+std::string DtypeName(uint8_t code, uint8_t bits) {
+  return std::string(code == kFloat ? "float" : (code == kUInt ? "uint" : "int")) + std::to_string(bits);
+}
+
+// "float32[1,3]": how tensors are compared with a library's descriptor and named in messages.
+std::string SpecText(const TensorSpec& s) {
+  std::string out = DtypeName(s.code, s.bits) + "[";
+  for (size_t i = 0; i < s.shape.size(); ++i) out += (i ? "," : "") + std::to_string(s.shape[i]);
+  return out + "]";
+}
+
+// The tensor specs of inputs/outputs/state; rule 3 (no tensor beyond 1 GiB) is checked here.
 std::vector<TensorSpec> Tensors(const Json& root, const std::string& key) {
   std::vector<TensorSpec> out;
-  for (const Json& item : Arr(root, key).items) {
-    if (item.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " must hold {name, shape, dtype} objects");
+  const Json& list = Field(root, key);
+  for (size_t i = 0; i < list.items.size(); ++i) {
+    const Json& item = list.items[i];
     TensorSpec spec;
-    spec.name = Str(item, "name", key + "[].");
-    const std::string dtype = Str(item, "dtype", key + "[].");
-    if (dtype == "float32") spec = TensorSpec{spec.name, {}, kFloat, 32, 0};
-    else if (dtype == "float16") spec = TensorSpec{spec.name, {}, kFloat, 16, 0};
-    else if (dtype == "float64") spec = TensorSpec{spec.name, {}, kFloat, 64, 0};
-    else if (dtype == "int32") spec = TensorSpec{spec.name, {}, kInt, 32, 0};
-    else if (dtype == "int64") spec = TensorSpec{spec.name, {}, kInt, 64, 0};
-    else if (dtype == "int8") spec = TensorSpec{spec.name, {}, kInt, 8, 0};
-    else if (dtype == "uint8") spec = TensorSpec{spec.name, {}, kUInt, 8, 0};
-    else Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": dtype " + dtype + " is not supported by the runtime");
-    const Json& shape = Field(item, "shape", key + "[].");
-    if (shape.type != Json::kArray) Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": shape must be a list");
+    spec.name = Str(item, "name");
+    if (!DtypeCode(Str(item, "dtype"), &spec.code, &spec.bits)) {
+      Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + IndexPath(key, i) + ".dtype: not supported");
+    }
     uint64_t bytes = spec.bits / 8;
-    for (const Json& d : shape.items) {
-      if (d.type != Json::kInt || d.integer <= 0 || d.integer > (1 << 24)) {
-        Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": shape entries must be positive integers");
-      }
+    for (const Json& d : Field(item, "shape").items) {
       spec.shape.push_back(d.integer);
-      bytes *= static_cast<uint64_t>(d.integer);
+      bytes *= static_cast<uint64_t>(d.integer);  // <= 2^30 * 2^24: no overflow before the check
       if (bytes > kMaxTensorBytes) {
-        Fail(SSMC_ERR_ARTIFACT, "manifest.json: " + key + " " + spec.name + ": larger than the runtime allocates (1 GiB)");
+        Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + IndexPath(key, i) + ": tensor " + OneLine(spec.name.c_str(), 200) +
+                                    " is larger than 1 GiB");
       }
     }
     spec.bytes = static_cast<size_t>(bytes);
     out.push_back(std::move(spec));
   }
   return out;
+}
+
+// The rules that relate fields (the schema's x-ssmc-rules), in the order and words of
+// ssmc/artifact/schema.py's check_rules. The schema has been checked: every type is right.
+void CheckRules(const Json& root, std::vector<TensorSpec>* inputs, std::vector<TensorSpec>* outputs,
+                std::vector<TensorSpec>* state) {
+  auto bad = [](const std::string& field, const std::string& what) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field " + field + ": " + what);
+  };
+  const int64_t obs_dim = Int(root, "obs_dim");
+  for (const char* key : {"obs_mean", "obs_std"}) {
+    const size_t n = Field(root, key).items.size();
+    if (static_cast<int64_t>(n) != obs_dim) {
+      bad(key, "must hold obs_dim (" + std::to_string(obs_dim) + ") numbers, has " + std::to_string(n));
+    }
+  }
+  std::vector<std::string> names, dup;
+  for (const char* group : {"inputs", "outputs", "state"}) {
+    for (const Json& t : Field(root, group).items) names.push_back(Str(t, "name"));
+  }
+  std::vector<std::string> sorted = names;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 1; i < sorted.size(); ++i) {
+    if (sorted[i] == sorted[i - 1] && (dup.empty() || dup.back() != sorted[i])) dup.push_back(sorted[i]);
+  }
+  if (!dup.empty()) Fail(SSMC_ERR_ARTIFACT, "manifest.json: tensor name(s) used twice across inputs/outputs/state: " + JoinNames(dup));
+  *inputs = Tensors(root, "inputs");
+  *outputs = Tensors(root, "outputs");
+  *state = Tensors(root, "state");
+  uint64_t sum = 0;
+  for (const TensorSpec& s : *state) sum += s.bytes;
+  const int64_t state_bytes = Int(root, "state_bytes");
+  if (static_cast<uint64_t>(state_bytes) != sum) {
+    bad("state_bytes", std::to_string(state_bytes) + " but the state tensors hold " + std::to_string(sum) + " bytes");
+  }
+  const Json& files = Field(root, "files");
+  for (const char* key : {"library", "params", "reference"}) {
+    const Json& v = Field(root, key);
+    if (v.type == Json::kString && files.Find(v.string) == nullptr) {
+      bad(key, "names " + OneLine(v.string.c_str(), 200) + ", which is not listed in files");
+    }
+  }
+  const Json& target = Field(root, "target");
+  const std::string& target_name = Str(target, "name");
+  const std::string& device = Str(target, "device");
+  if (Str(root, "executor") == "static") {
+    if (Str(root, "entry") != kStaticEntry) {
+      bad("entry", "a static artifact's entry is " + std::string(kStaticEntry) + ", not " + OneLine(Str(root, "entry").c_str(), 200));
+    }
+    if (device != "cpu") bad("executor", "static steps run on CPUs only, target '" + OneLine(target_name.c_str(), 200) + "' is " + device);
+  }
+  const std::string& precision = Str(root, "precision");
+  if (Field(target, "precisions").Find(precision) == nullptr) {
+    bad("precision", precision + " is not supported by target '" + OneLine(target_name.c_str(), 200) + "'");
+  }
+  if (device != "cpu" && Field(target, "tvm_host").type == Json::kNull) bad("target", "a device target needs a tvm_host");
+  const Json& budget = Field(target, "budget");
+  if (Num(budget, "step_latency_us") > 1e6 / Num(budget, "control_rate_hz")) {
+    bad("target.budget", "step_latency_us exceeds the control period");
+  }
+}
+
+// The manifest's text through every check that needs nothing but the text: UTF-8, JSON (depth <= 64,
+// finite numbers), format version, the schema, the rules. What the fuzzer drives (tools/fuzz).
+Json CheckManifestText(const std::string& text, std::vector<TensorSpec>* inputs, std::vector<TensorSpec>* outputs,
+                       std::vector<TensorSpec>* state) {
+  size_t bad_at = 0;
+  if (const char* why = Utf8Error(text, &bad_at)) {
+    Fail(SSMC_ERR_ARTIFACT, std::string("manifest.json: not UTF-8 text (") + why + " at byte " + std::to_string(bad_at) + ")");
+  }
+  Json root = JsonParser(text).Document();
+  if (root.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: expected a JSON object");
+  const Json* version = root.Find("format_version");
+  if (version == nullptr || version->type != Json::kInt) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: no integer format_version: not an ssmc artifact manifest");
+  }
+  if (version->integer > kFormatVersion) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: artifact format version " + std::to_string(version->integer) +
+                                " is newer than this runtime reads (" + std::to_string(kFormatVersion) +
+                                "); upgrade ssmc or recompile the model with this version");
+  }
+  if (version->integer != kFormatVersion) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.json: artifact format version " + std::to_string(version->integer) +
+                                " is older than this runtime reads (" + std::to_string(kFormatVersion) +
+                                "); recompile the model with this ssmc");
+  }
+  Schema::Get().Validate(root);
+  CheckRules(root, inputs, outputs, state);
+  return root;
 }
 
 bool SafeRelativeName(const std::string& name) {
@@ -670,22 +1077,175 @@ bool SafeRelativeName(const std::string& name) {
   }
 }
 
-std::string ReadManifest(const std::string& path) {
+// A small regular file read whole (manifest.json, manifest.sig, a key file); refused over max_bytes.
+std::string ReadSmallFile(const std::string& path, const std::string& label, uint64_t max_bytes, bool* missing = nullptr) {
   struct stat st;
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, "manifest.json: missing");
-  if (static_cast<uint64_t>(st.st_size) > kMaxManifestBytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: too large");
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (missing != nullptr && errno == ENOENT) {
+      *missing = true;
+      return "";
+    }
+    Fail(SSMC_ERR_ARTIFACT, label + ": missing");
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) Fail(SSMC_ERR_ARTIFACT, label + ": too large");
   Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (f.fd < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: cannot be read");
+  if (f.fd < 0) Fail(SSMC_ERR_ARTIFACT, label + ": cannot be read");
   std::string text(static_cast<size_t>(st.st_size) + 1, '\0');  // one more: notice a file that grew
   ssize_t got = ReadFull(f.fd, reinterpret_cast<uint8_t*>(&text[0]), text.size());
-  if (got < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: cannot be read");
-  if (static_cast<uint64_t>(got) > kMaxManifestBytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: too large");
+  if (got < 0) Fail(SSMC_ERR_ARTIFACT, label + ": cannot be read");
+  if (static_cast<uint64_t>(got) > max_bytes) Fail(SSMC_ERR_ARTIFACT, label + ": too large");
   text.resize(static_cast<size_t>(got));
   return text;
 }
 
-// Every file under root but the top-level manifest.json: relative name -> bytes. Directories are
-// walked with an explicit stack (not followed through links); links, devices and sockets are refused.
+// ------------------------------------------------------------------------------------- signatures
+// manifest.sig (written by `ssmc sign`) is one line: "ssmc-signature-v1 ed25519 KEY_ID SIGNATURE\n", the
+// Ed25519 signature (RFC 8032; Monocypher's crypto_ed25519_check) of "ssmc-manifest-v1\n" followed by the
+// bytes of manifest.json, which lists every other file's sha256. KEY_ID is the first 16 hex digits of the
+// sha256 of the 32-byte public key. Trusted keys are lines "ssmc-ed25519 PUBLIC_KEY_HEX [comment]" in a
+// file, or in the *.pub files of a folder.
+
+constexpr const char* kSignatureName = "manifest.sig";
+constexpr const char* kSignedPrefix = "ssmc-manifest-v1\n";
+constexpr uint64_t kMaxSignatureBytes = 4096;
+constexpr uint64_t kMaxKeyFileBytes = 1 << 20;
+constexpr size_t kMaxKeys = 1024;
+
+struct TrustedKey {
+  uint8_t key[32];
+  std::string id;  // 16 hex digits
+};
+
+struct Keyring {
+  std::string source;  // "SSMC_TRUSTED_KEYS=..." or "trusted_keys=...": for messages
+  std::vector<TrustedKey> keys;
+  bool configured() const { return !source.empty(); }
+  std::string Ids() const {
+    std::string out;
+    for (size_t i = 0; i < keys.size() && i < 4; ++i) out += (i ? ", " : "") + keys[i].id;
+    if (keys.size() > 4) out += " and " + std::to_string(keys.size() - 4) + " more";
+    return out;
+  }
+};
+
+bool DecodeHex(const std::string& hex, uint8_t* out, size_t n) {
+  if (hex.size() != 2 * n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    auto nib = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    const int hi = nib(hex[2 * i]), lo = nib(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<uint8_t>(hi * 16 + lo);
+  }
+  return true;
+}
+
+std::string KeyId(const uint8_t key[32]) {
+  Sha256 sha;
+  sha.Update(key, 32);
+  return sha.HexDigest().substr(0, 16);
+}
+
+std::vector<std::string> SplitWords(const std::string& line) {
+  std::vector<std::string> words;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) ++i;
+    size_t j = i;
+    while (j < line.size() && line[j] != ' ' && line[j] != '\t' && line[j] != '\r') ++j;
+    if (j > i) words.push_back(line.substr(i, j - i));
+    i = j;
+  }
+  return words;
+}
+
+void ReadKeyFile(const std::string& path, Keyring* ring) {
+  const std::string text = ReadSmallFile(path, "trusted key file " + OneLine(path.c_str(), 300), kMaxKeyFileBytes);
+  size_t start = 0, line_no = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_no;
+    const std::vector<std::string> words = SplitWords(line);
+    if (words.empty() || words[0][0] == '#') continue;
+    TrustedKey k;
+    if (words.size() < 2 || words[0] != "ssmc-ed25519" || !DecodeHex(words[1], k.key, 32)) {
+      Fail(SSMC_ERR_ARTIFACT, "trusted key file " + OneLine(path.c_str(), 300) + " line " + std::to_string(line_no) +
+                                  ": not an ssmc-ed25519 public key (ssmc keygen writes them)");
+    }
+    if (ring->keys.size() >= kMaxKeys) Fail(SSMC_ERR_ARTIFACT, "trusted keys: more than 1024");
+    k.id = KeyId(k.key);
+    ring->keys.push_back(k);
+  }
+}
+
+// The keys of `path`: a key file, or every *.pub file directly in a folder (name order).
+Keyring LoadKeyring(const std::string& path, const std::string& source) {
+  Keyring ring;
+  ring.source = source;
+  struct stat st;
+  if (path.empty() || ::stat(path.c_str(), &st) != 0) {
+    Fail(SSMC_ERR_ARTIFACT, source + ": no such file or folder (trusted keys are configured: nothing opens without them)");
+  }
+  if (S_ISDIR(st.st_mode)) {
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(path.c_str()), ::closedir);
+    if (!d) Fail(SSMC_ERR_ARTIFACT, source + ": cannot list the folder");
+    std::vector<std::string> names;
+    while (const dirent* e = ::readdir(d.get())) {
+      const std::string n(e->d_name);
+      if (n.size() > 4 && n[0] != '.' && n.compare(n.size() - 4, 4, ".pub") == 0) names.push_back(n);
+    }
+    std::sort(names.begin(), names.end());
+    for (const std::string& n : names) ReadKeyFile(path + "/" + n, &ring);
+  } else {
+    ReadKeyFile(path, &ring);
+  }
+  if (ring.keys.empty()) Fail(SSMC_ERR_ARTIFACT, source + ": holds no ssmc-ed25519 key (trusted keys are configured: nothing opens without one)");
+  return ring;
+}
+
+// Checks manifest.sig against the keyring; returns the signing key's id.
+std::string CheckSignature(const std::string& dir, const std::string& manifest, const Keyring& ring) {
+  bool missing = false;
+  const std::string sig = ReadSmallFile(dir + "/" + kSignatureName, kSignatureName, kMaxSignatureBytes, &missing);
+  if (missing) {
+    Fail(SSMC_ERR_ARTIFACT, "not signed (no manifest.sig), and trusted keys are configured (" + ring.source + ": " + ring.Ids() +
+                                "); sign it with `ssmc sign ARTIFACT KEY`");
+  }
+  std::string line = sig;
+  if (!line.empty() && line.back() == '\n') line.pop_back();
+  const std::vector<std::string> words = SplitWords(line);
+  uint8_t signature[64];
+  uint8_t id_bytes[8];
+  if (line.find('\n') != std::string::npos || words.size() != 4 || words[0] != "ssmc-signature-v1" || words[1] != "ed25519" ||
+      !DecodeHex(words[2], id_bytes, 8) || !DecodeHex(words[3], signature, 64)) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.sig: not an ssmc signature (one line: ssmc-signature-v1 ed25519 KEY_ID SIGNATURE)");
+  }
+  const std::string& id = words[2];
+  std::string message = kSignedPrefix + manifest;
+  bool known = false;
+  for (const TrustedKey& k : ring.keys) {
+    if (k.id != id) continue;
+    known = true;
+    if (crypto_ed25519_check(signature, k.key, reinterpret_cast<const uint8_t*>(message.data()), message.size()) == 0) return id;
+  }
+  if (!known) {
+    Fail(SSMC_ERR_ARTIFACT, "manifest.sig: signed by key " + id + ", which is not trusted (" + ring.source + ": " + ring.Ids() + ")");
+  }
+  Fail(SSMC_ERR_ARTIFACT, "manifest.sig: the signature of key " + id +
+                              " does not match manifest.json (the manifest was changed after it was signed)");
+}
+
+// ------------------------------------------------------------------------------------ the files
+
+// Every file under root but the top-level manifest.json and manifest.sig: relative name -> bytes.
+// Directories are walked with an explicit stack (not followed through links); links, devices and
+// sockets are refused.
 std::map<std::string, uint64_t> ListFiles(const std::string& root) {
   std::map<std::string, uint64_t> present;
   std::vector<std::string> todo{""};
@@ -709,7 +1269,7 @@ std::map<std::string, uint64_t> ListFiles(const std::string& root) {
       if (::fstatat(::dirfd(d.get()), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) Fail(SSMC_ERR_ARTIFACT, rel + ": cannot be read");
       if (S_ISDIR(st.st_mode)) {
         todo.push_back(rel);
-      } else if (rel != "manifest.json") {
+      } else if (rel != "manifest.json" && rel != kSignatureName) {
         if (!S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, rel + ": not a regular file (links and devices are refused)");
         present[rel] = static_cast<uint64_t>(st.st_size);
       }
@@ -718,10 +1278,36 @@ std::map<std::string, uint64_t> ListFiles(const std::string& root) {
   return present;
 }
 
-// The checks of ssmc.artifact.load_manifest that the runtime relies on, in the same order: manifest,
-// format version, files (missing / unexpected / size / sha256, each in name order), then the fields.
-// Every file is read once, to hash it.
-Manifest VerifyArtifact(const std::string& dir_arg) {
+// This CPU's feature flags (/proc/cpuinfo's "flags" on x86-64, "Features" on aarch64); false when unknown
+// (no /proc: nothing is checked).
+bool CpuFlags(std::vector<std::string>* flags) {
+  Fd f(::open("/proc/cpuinfo", O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) return false;
+  std::string text;
+  char buf[4096];
+  for (;;) {  // /proc files report size 0: read to the end (a few KB per core; capped)
+    ssize_t got = ::read(f.fd, buf, sizeof buf);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0 || text.size() > (4u << 20)) break;
+    text.append(buf, static_cast<size_t>(got));
+  }
+  for (const char* key : {"flags", "Features"}) {
+    const std::string k(key);
+    for (size_t at = 0; (at = text.find(k, at)) != std::string::npos; ++at) {
+      if (at != 0 && text[at - 1] != '\n') continue;
+      const size_t colon = text.find(':', at), end = text.find('\n', at);
+      if (colon == std::string::npos || colon > end) continue;
+      *flags = SplitWords(text.substr(colon + 1, end == std::string::npos ? std::string::npos : end - colon - 1));
+      return true;
+    }
+  }
+  return false;
+}
+
+// The artifact checks of ssmc.artifact.load_manifest, in its order: manifest.json; its signature when trusted
+// keys are configured (before the text is parsed); the text (CheckManifestText); the files (missing /
+// unexpected / size / sha256, each in name order, each read once). Then what this runtime needs to run it.
+Manifest VerifyArtifact(const std::string& dir_arg, const Keyring& ring) {
   struct stat st;
   if (::stat(dir_arg.c_str(), &st) != 0) Fail(SSMC_ERR_ARTIFACT, "no such artifact");
   if (!S_ISDIR(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, "not a directory (unpack a .tar artifact first)");
@@ -732,35 +1318,16 @@ Manifest VerifyArtifact(const std::string& dir_arg) {
     m.dir = real;
     std::free(real);
   }
-  const std::string text = ReadManifest(m.dir + "/manifest.json");
-  size_t bad_at = 0;
-  if (const char* why = Utf8Error(text, &bad_at)) {
-    Fail(SSMC_ERR_ARTIFACT, std::string("manifest.json: not UTF-8 text (") + why + " at byte " + std::to_string(bad_at) + ")");
-  }
-  const Json root = JsonParser(text).Document();
-  if (root.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: not a JSON object");
-
-  const int64_t version = Int(root, "format_version");
-  if (version > kFormatVersion) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: artifact format version " + std::to_string(version) +
-                                " is newer than this runtime reads (" + std::to_string(kFormatVersion) +
-                                "); upgrade ssmc or recompile the model with this version");
-  }
-  if (version != kFormatVersion) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: artifact format version " + std::to_string(version) +
-                                " is older than this runtime reads (" + std::to_string(kFormatVersion) +
-                                "); recompile the model");
-  }
+  const std::string text = ReadSmallFile(m.dir + "/manifest.json", "manifest.json", kMaxManifestBytes);
+  if (ring.configured()) m.signed_by = CheckSignature(m.dir, text, ring);
+  const Json root = CheckManifestText(text, &m.inputs, &m.outputs, &m.state);
 
   // Files: the listed set must equal what is on disk, byte for byte.
-  const Json& files = Obj(root, "files");
+  const Json& files = Field(root, "files");
   std::map<std::string, std::pair<std::string, int64_t>> listed;
   for (size_t i = 0; i < files.keys.size(); ++i) {
-    const std::string& n = files.keys[i];
     const Json& entry = files.items[i];
-    if (entry.type != Json::kObject) Fail(SSMC_ERR_ARTIFACT, "manifest.json: files must map names to {sha256, bytes}");
-    if (!SafeRelativeName(n) || n == "manifest.json") Fail(SSMC_ERR_ARTIFACT, "manifest.json: bad file name " + OneLine(n.c_str()));
-    listed[n] = {Str(entry, "sha256", "files." + n + "."), Int(entry, "bytes", "files." + n + ".")};
+    listed[files.keys[i]] = {Str(entry, "sha256"), Int(entry, "bytes")};
   }
   const std::map<std::string, uint64_t> present = ListFiles(m.dir);
   for (const auto& kv : listed) {
@@ -785,30 +1352,27 @@ Manifest VerifyArtifact(const std::string& dir_arg) {
     if (digest != want.first) Fail(SSMC_ERR_ARTIFACT, name + ": sha256 mismatch (the file was modified after compile)");
   }
 
-  // Fields the runtime uses.
+  // What this runtime runs (beyond a valid manifest).
   m.model_kind = Str(root, "model_kind");
   m.semantics = Str(root, "semantics");
   m.precision = Str(root, "precision");
   m.entry = Str(root, "entry");
   m.library = Str(root, "library");
-  if (listed.find(m.library) == listed.end()) Fail(SSMC_ERR_ARTIFACT, "manifest.json: library " + OneLine(m.library.c_str()) + " is not listed in files");
+  m.executor = Str(root, "executor");
   if (Field(root, "params").type != Json::kNull) {
     Fail(SSMC_ERR_ARTIFACT, "manifest.json: separate parameter files are not supported by this runtime");
   }
   const int64_t obs_dim = Int(root, "obs_dim"), act_dim = Int(root, "act_dim");
-  if (obs_dim <= 0 || act_dim <= 0 || obs_dim > (1 << 24) || act_dim > (1 << 24)) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: obs_dim and act_dim must be positive");
-  }
   m.obs_dim = static_cast<size_t>(obs_dim);
   m.act_dim = static_cast<size_t>(act_dim);
   m.target_return = Num(root, "target_return");
-  const int64_t state_bytes = Int(root, "state_bytes");
-  if (state_bytes < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field state_bytes must be a non-negative integer");
-  m.state_bytes = static_cast<size_t>(state_bytes);
+  m.state_bytes = static_cast<size_t>(Int(root, "state_bytes"));
+  m.arena_bytes = static_cast<uint64_t>(Int(root, "arena_bytes"));
 
-  const Json& target = Obj(root, "target");
-  m.target_name = Str(target, "name", "target.");
-  const std::string device = Str(target, "device", "target."), arch = Str(target, "arch", "target.");
+  const Json& target = Field(root, "target");
+  m.target_name = Str(target, "name");
+  const std::string& device = Str(target, "device");
+  const std::string& arch = Str(target, "arch");
   if (device != "cpu") {
     Fail(SSMC_ERR_ARTIFACT, "target " + m.target_name + " runs on " + device +
                                 ": this runtime runs CPU artifacts only (compile for " + m.target_name + "-cpu or host)");
@@ -817,32 +1381,21 @@ Manifest VerifyArtifact(const std::string& dir_arg) {
     Fail(SSMC_ERR_ARTIFACT, "built for " + arch + " (target " + m.target_name + "), this runtime is " + kArch +
                                 (arch == "aarch64" ? " (run it under qemu-aarch64-static with the aarch64 runtime)" : ""));
   }
-
-  m.executor = Str(root, "executor");
-  if (m.executor != "static" && m.executor != "vm") {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: executor " + OneLine(m.executor.c_str()) + " is not one this runtime runs (static, vm)");
+  std::vector<std::string> have;
+  if (CpuFlags(&have)) {
+    std::vector<std::string> lacking;
+    for (const Json& f : Field(target, "cpu_features").items) {
+      if (std::find(have.begin(), have.end(), f.string) == have.end()) lacking.push_back(f.string);
+    }
+    if (!lacking.empty()) {
+      Fail(SSMC_ERR_ARTIFACT, "target " + m.target_name + " needs CPU feature(s) " + JoinNames(lacking) +
+                                  ", which this CPU lacks (/proc/cpuinfo)");
+    }
   }
-  const int64_t arena = Int(root, "arena_bytes");
-  if (arena < 0) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field arena_bytes must be a non-negative integer");
-  m.arena_bytes = static_cast<uint64_t>(arena);
-  if (m.executor == "static" && m.entry != kStaticEntry) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: a static artifact's entry is " + std::string(kStaticEntry) + ", not " +
-                                OneLine(m.entry.c_str()));
-  }
-  const Json& in_graph = Field(root, "normalisation_in_graph");
-  if (in_graph.type != Json::kBool) Fail(SSMC_ERR_ARTIFACT, "manifest.json: field normalisation_in_graph must be true or false");
-  if (!in_graph.boolean) {
+  if (!Field(root, "normalisation_in_graph").boolean) {
     Fail(SSMC_ERR_ARTIFACT, "manifest.json: normalisation_in_graph is not true; this runtime passes raw "
                             "observations and needs artifacts that normalise inside the graph (recompile)");
   }
-  const Json& env_id = Field(root, "env_id");
-  if (env_id.type != Json::kString && env_id.type != Json::kNull) {
-    Fail(SSMC_ERR_ARTIFACT, "manifest.json: field env_id must be a string or null");
-  }
-
-  m.inputs = Tensors(root, "inputs");
-  m.outputs = Tensors(root, "outputs");
-  m.state = Tensors(root, "state");
   auto is_f32 = [](const TensorSpec& s) { return s.code == kFloat && s.bits == 32; };
   if (m.inputs.size() != 2 || !is_f32(m.inputs[0]) || !is_f32(m.inputs[1]) ||
       m.inputs[0].shape != std::vector<int64_t>{1, obs_dim} || m.inputs[1].shape != std::vector<int64_t>{1, 1}) {
@@ -851,9 +1404,6 @@ Manifest VerifyArtifact(const std::string& dir_arg) {
   if (m.outputs.empty() || !is_f32(m.outputs[0]) || m.outputs[0].shape != std::vector<int64_t>{1, act_dim}) {
     Fail(SSMC_ERR_ARTIFACT, "manifest.json: the first output must be the float32 [1, act_dim] action");
   }
-  uint64_t sum = 0;
-  for (const TensorSpec& s : m.state) sum += s.bytes;
-  if (sum != m.state_bytes) Fail(SSMC_ERR_ARTIFACT, "manifest.json: state_bytes does not equal the state tensors' sizes");
   return m;
 }
 
@@ -871,6 +1421,57 @@ struct DlClose {
   void operator()(void* h) const { ::dlclose(h); }
 };
 
+std::vector<std::string> SplitList(const std::string& s) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  size_t start = 0;
+  for (;;) {  // commas inside [...] separate dimensions, not tensors
+    size_t i = start, depth = 0;
+    while (i < s.size() && !(s[i] == ',' && depth == 0)) {
+      depth += s[i] == '[' ? 1 : (s[i] == ']' && depth ? static_cast<size_t>(-1) : 0);
+      ++i;
+    }
+    out.push_back(s.substr(start, i - start));
+    if (i >= s.size()) return out;
+    start = i + 1;
+  }
+}
+
+// descriptor: "in=float32[1,3],float32[1,1],...;out=float32[1,1],..." (ssmc_static_abi.h).
+void CheckDescriptor(const Manifest& m, const char* descriptor) {
+  const std::string d = descriptor == nullptr ? "" : std::string(descriptor);
+  const size_t semi = d.find(';');
+  if (d.compare(0, 3, "in=") != 0 || semi == std::string::npos || d.compare(semi + 1, 4, "out=") != 0) {
+    Fail(SSMC_ERR_ARTIFACT, m.library + ": its ssmc_static_descriptor() is not a step descriptor");
+  }
+  const std::vector<std::string> lib_in = SplitList(d.substr(3, semi - 3)), lib_out = SplitList(d.substr(semi + 5));
+  struct Side {
+    const char* what;
+    const std::vector<std::string>& lib;
+    std::vector<std::pair<std::string, const TensorSpec*>> man;
+  };
+  Side in{"takes", lib_in, {}}, out{"returns", lib_out, {}};
+  for (const TensorSpec& s : m.inputs) in.man.push_back({"input", &s});
+  for (const TensorSpec& s : m.state) in.man.push_back({"state", &s});
+  for (const TensorSpec& s : m.outputs) out.man.push_back({"output", &s});
+  for (const TensorSpec& s : m.state) out.man.push_back({"new state", &s});
+  for (const Side* side : {&in, &out}) {
+    if (side->lib.size() != side->man.size()) {
+      Fail(SSMC_ERR_ARTIFACT, m.library + " does not match manifest.json: the compiled step " + side->what + " " +
+                                  std::to_string(side->lib.size()) + " tensors, the manifest lists " +
+                                  std::to_string(side->man.size()));
+    }
+    for (size_t i = 0; i < side->lib.size(); ++i) {
+      const std::string want = SpecText(*side->man[i].second);
+      if (side->lib[i] != want) {
+        Fail(SSMC_ERR_ARTIFACT, m.library + " does not match manifest.json: " + side->man[i].first + " " +
+                                    OneLine(side->man[i].second->name.c_str(), 200) + " is " + OneLine(side->lib[i].c_str(), 200) +
+                                    " in the library, " + want + " in the manifest");
+      }
+    }
+  }
+}
+
 // A static step library (ssmc_static_abi.h): native code that allocates nothing, over one arena.
 class StaticExecutor final : public Executor {
  public:
@@ -887,6 +1488,10 @@ class StaticExecutor final : public Executor {
       Fail(SSMC_ERR_ARTIFACT, m.library + ": static step ABI version " + std::to_string(abi) + ", this runtime speaks " +
                                   std::to_string(SSMC_STATIC_ABI_VERSION) + " (recompile the model with this ssmc)");
     }
+    // The compiled step's calling convention against the manifest's (compile/static.py writes the descriptor):
+    // argument count, then every tensor's dtype and shape, inputs then state, outputs then new state.
+    auto descriptor = Symbol<ssmc_static_descriptor_fn>(m, "ssmc_static_descriptor");
+    CheckDescriptor(m, descriptor());
     const uint64_t need = arena_bytes();
     if (need != m.arena_bytes) {
       Fail(SSMC_ERR_ARTIFACT, "manifest.json: arena_bytes is " + std::to_string(m.arena_bytes) + " but " + m.library +
@@ -1065,15 +1670,27 @@ struct ssmc_policy {
   bool first = true;
   uint64_t steps = 0;
 
-  static ssmc_policy* Open(const char* artifact_dir) {
+  static ssmc_policy* Open(const char* artifact_dir, const ssmc_open_options* options) {
     if (artifact_dir == nullptr) Fail(SSMC_ERR_ARGUMENT, "artifact path is NULL");
+    uint32_t flags = 0;
+    const char* keys = nullptr;
+    if (options != nullptr) {
+      if (options->size < sizeof(ssmc_open_options)) Fail(SSMC_ERR_ARGUMENT, "ssmc_open_with: options.size is too small");
+      if ((options->flags & ~uint32_t{SSMC_OPEN_NO_ENV}) != 0) Fail(SSMC_ERR_ARGUMENT, "ssmc_open_with: unknown flag");
+      flags = options->flags;
+      keys = options->trusted_keys;
+    }
     std::unique_ptr<ssmc_policy> p(new ssmc_policy());
     try {
-      p->manifest = VerifyArtifact(artifact_dir);
+      Keyring ring;
+      if (keys != nullptr) {
+        ring = LoadKeyring(keys, "trusted_keys=" + OneLine(keys, 300));
+      } else if ((flags & SSMC_OPEN_NO_ENV) == 0) {
+        const char* env = std::getenv("SSMC_TRUSTED_KEYS");
+        if (env != nullptr && *env != '\0') ring = LoadKeyring(env, "SSMC_TRUSTED_KEYS=" + OneLine(env, 300));
+      }
+      p->manifest = VerifyArtifact(artifact_dir, ring);
       const Manifest& m = p->manifest;
-      const std::string library = m.dir + "/" + m.library;
-      if (m.executor == "static") p->executor.reset(new StaticExecutor(m, library));
-      else p->executor.reset(new VmExecutor(m, library));
       auto alloc = [&](const std::vector<TensorSpec>& specs, std::vector<void*>& to) {
         for (const TensorSpec& s : specs) {
           p->buffers.push_back(AllocBuffer(s.bytes));
@@ -1084,6 +1701,20 @@ struct ssmc_policy {
       alloc(m.state, p->in);
       alloc(m.outputs, p->out);
       alloc(m.state, p->out);
+      const std::string library = m.dir + "/" + m.library;
+      if (m.executor == "static") {
+        p->executor.reset(new StaticExecutor(m, library));  // checks the library's descriptor
+      } else {
+        p->executor.reset(new VmExecutor(m, library));  // checks the entry's argument count
+        // A VM executable records no shapes to compare: one step on zeros (state zero, nothing committed) runs
+        // main's own argument checks and the plugin's checks of every result's dtype and shape, so a mismatch
+        // is found here, not at the first ssmc_act.
+        try {
+          p->executor->Step(p->in.data(), p->out.data());
+        } catch (const Failure& f) {
+          Fail(SSMC_ERR_ARTIFACT, m.library + " does not match manifest.json: " + f.message);
+        }
+      }
     } catch (const Failure& f) {
       Fail(f.status, "artifact " + OneLine(artifact_dir) + ": " + f.message);
     }
@@ -1169,14 +1800,16 @@ ssmc_status Guard(std::string* error, Fn&& fn) {
 
 extern "C" {
 
-ssmc_status ssmc_open(const char* artifact_dir, ssmc_policy** out) {
+ssmc_status ssmc_open_with(const char* artifact_dir, const ssmc_open_options* options, ssmc_policy** out) {
   if (out == nullptr) {
     g_open_error = "ssmc_open: out is NULL";
     return SSMC_ERR_ARGUMENT;
   }
   *out = nullptr;
-  return Guard(&g_open_error, [&] { *out = ssmc_policy::Open(artifact_dir); });
+  return Guard(&g_open_error, [&] { *out = ssmc_policy::Open(artifact_dir, options); });
 }
+
+ssmc_status ssmc_open(const char* artifact_dir, ssmc_policy** out) { return ssmc_open_with(artifact_dir, nullptr, out); }
 
 void ssmc_close(ssmc_policy* policy) {
   try {
@@ -1217,6 +1850,7 @@ const char* ssmc_info(const ssmc_policy* policy, const char* key) {
   if (std::strcmp(key, "target") == 0) return m.target_name.c_str();
   if (std::strcmp(key, "library") == 0) return m.library.c_str();
   if (std::strcmp(key, "executor") == 0) return m.executor.c_str();
+  if (std::strcmp(key, "signed_by") == 0) return m.signed_by.c_str();
   return nullptr;
 }
 

@@ -11,6 +11,10 @@
  *
  *   ssmc_static_abi_version()   SSMC_STATIC_ABI_VERSION as the library was generated
  *   ssmc_static_arena_bytes()   bytes of scratch memory one step needs (the manifest's arena_bytes)
+ *   ssmc_static_descriptor()    the step's calling convention as compiled, one static string:
+ *                               "in=float32[1,3],float32[1,1],float32[1,16,4];out=float32[1,1],float32[1,16,4]"
+ *                               (inputs then state; outputs then new state; dtype[shape] each). ssmc_open
+ *                               compares it with the manifest and refuses a mismatch before any step runs.
  *   ssmc_static_step(in, out, arena)
  *       in:    the step's inputs then its state, in manifest order (obs_raw, rtg_raw, *state)
  *       out:   the step's outputs then the new state, in manifest order (action, *new_state)
@@ -42,6 +46,7 @@ typedef uint32_t (*ssmc_static_abi_version_fn)(void);
 typedef uint64_t (*ssmc_static_arena_bytes_fn)(void);
 typedef int32_t (*ssmc_static_step_fn)(void *const *in, void *const *out, void *arena);
 typedef const char *(*ssmc_static_last_error_fn)(void);
+typedef const char *(*ssmc_static_descriptor_fn)(void);
 
 #ifdef __cplusplus
 }

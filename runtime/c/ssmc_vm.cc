@@ -66,6 +66,14 @@ std::string Basename(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// "float32[1,3]", as libssmc names tensors (SpecText in ssmc_runtime.cc).
+std::string Text(DLDataType dtype, const int64_t* shape, int ndim) {
+  std::string out = std::string(dtype.code == kDLFloat ? "float" : (dtype.code == kDLUInt ? "uint" : "int")) +
+                    std::to_string(dtype.bits) + "[";
+  for (int i = 0; i < ndim; ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
 std::string OneLine(std::string s) {
   for (char& c : s) {
     if (c == '\n' || c == '\r') c = ' ';
@@ -111,14 +119,21 @@ struct ssmc_vm {
       throw std::runtime_error("step failed: " + e.kind() + ": " + e.message());
     }
     auto outs = result.try_cast<ffi::Array<ffi::Any>>();
-    if (!outs || outs->size() != out_specs.size()) throw std::runtime_error("step returned an unexpected number of outputs");
+    if (!outs || outs->size() != out_specs.size()) {
+      throw std::runtime_error("the step returns " + std::to_string(outs ? outs->size() : 0) +
+                               " tensors, the manifest lists " + std::to_string(out_specs.size()) + " (outputs and new state)");
+    }
     for (size_t i = 0; i < out_specs.size(); ++i) {
       auto t = (*outs)[i].try_cast<ffi::Tensor>();
       const Spec& spec = out_specs[i];
-      if (!t || !t->IsContiguous() || static_cast<size_t>(t->numel()) * (t->dtype().bits / 8) != spec.bytes ||
-          t->dtype().code != spec.dtype.code || t->dtype().bits != spec.dtype.bits ||
-          t->device().device_type != kDLCPU) {
-        throw std::runtime_error("step output " + spec.name + " has an unexpected shape, dtype or device");
+      if (!t) throw std::runtime_error("step result " + spec.name + " is not a tensor");
+      const std::string got = Text(t->dtype(), t->shape().data(), t->ndim()), want = Text(spec.dtype, spec.shape.data(),
+                                                                                       static_cast<int>(spec.shape.size()));
+      if (got != want) {
+        throw std::runtime_error("result " + spec.name + " is " + got + " from the library, " + want + " in the manifest");
+      }
+      if (!t->IsContiguous() || t->device().device_type != kDLCPU) {
+        throw std::runtime_error("step result " + spec.name + " is not a contiguous CPU tensor");
       }
     }
     for (size_t i = 0; i < out_specs.size(); ++i) {
@@ -146,6 +161,15 @@ void Open(const char* library, const char* entry, const ssmc_vm_tensor* in, size
     auto fn = (*p->vm)->GetFunction(ffi::String(entry));
     if (!fn) throw std::runtime_error(name + " has no function " + entry);
     p->step = *fn;
+    // The entry's argument count, from the executable's function table (the shapes and dtypes are checked by
+    // libssmc's trial step at open: main verifies its arguments, Step its results).
+    if (auto arity = (*p->vm)->GetFunction("get_function_arity")) {
+      const int64_t n = (*arity)(ffi::String(entry)).cast<int64_t>();
+      if (n != static_cast<int64_t>(n_in)) {
+        throw std::runtime_error(name + " does not match manifest.json: " + entry + " takes " + std::to_string(n) +
+                                 " arguments, the manifest lists " + std::to_string(n_in) + " (inputs and state)");
+      }
+    }
   } catch (const ffi::Error& e) {
     throw std::runtime_error("loading " + name + " failed: " + e.kind() + ": " + e.message());
   }

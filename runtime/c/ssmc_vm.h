@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define SSMC_VM_PLUGIN_VERSION 1
+#define SSMC_VM_PLUGIN_VERSION 2 /* 2: open checks the entry's arity, step every result's dtype and shape */
 
 typedef struct ssmc_vm ssmc_vm;
 

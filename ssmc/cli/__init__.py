@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from ssmc.cli import compile, data, quickstart, runtime, targets, train
+    from ssmc.cli import compile, data, quickstart, runtime, sign, sweep, targets, train
 
-    for module in (data, train, quickstart, targets, compile, runtime):
+    for module in (data, train, sweep, quickstart, targets, compile, runtime, sign):
         for cmd in module.COMMANDS:
             cli.add_command(cmd)
 

@@ -47,8 +47,10 @@ def resolve_checkpoint(model: str, workspace: str = "runs") -> Path:
               help="Write the IRModule after each pipeline stage into this directory (NN-stage.py).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at --out.")
 @click.option("--workspace", default="runs", show_default=True, help="Where --model NAME is looked up.")
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None, metavar="KEY",
+              help="Sign the artifact with this key (from `ssmc keygen`): writes manifest.sig (docs/security.md).")
 def compile_cmd(model: str, target: str, precision: str, mode: str | None, executor: str | None, emit: str,
-                out: str | None, dump_ir: str | None, force: bool, workspace: str) -> None:
+                out: str | None, dump_ir: str | None, force: bool, workspace: str, sign_key: str | None) -> None:
     """Compile a trained policy's per-step function for TARGET into an artifact.
 
     \b
@@ -61,6 +63,12 @@ def compile_cmd(model: str, target: str, precision: str, mode: str | None, execu
     from ssmc.compile import compile_checkpoint, emit_c_source
     from ssmc.errors import ConfigError
 
+    if sign_key is not None:
+        if emit == "c":
+            raise ConfigError("--sign signs an artifact; --emit c writes sources, which are not signed")
+        from ssmc.artifact.signing import load_private_key
+
+        load_private_key(sign_key)  # a bad key fails now, not after the compile
     checkpoint = resolve_checkpoint(model, workspace)
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     if emit == "c":
@@ -72,6 +80,10 @@ def compile_cmd(model: str, target: str, precision: str, mode: str | None, execu
     else:
         path = compile_checkpoint(checkpoint, target, precision, mode, out, dump_ir, executor=executor,
                                   overwrite=force, progress=say)
+        if sign_key is not None:
+            from ssmc.artifact.signing import sign_artifact
+
+            say(f"signed {path} with key {sign_artifact(path, sign_key)}")
     click.echo(str(path))
 
 

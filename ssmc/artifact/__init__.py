@@ -40,7 +40,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from ssmc.errors import ArtifactError, ConfigError
+from ssmc.artifact.schema import parse_manifest_text, validate_manifest
+from ssmc.artifact.signing import SIGNATURE_NAME, check_signature, configured_keyring, read_signature
+from ssmc.errors import ArtifactError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ssmc.targets import Target
@@ -72,17 +74,20 @@ __all__ = [
 #: ``normalisation_in_graph`` and ``env_id`` became fields (they were absent or under ``extra`` in 1).
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+#: The Ed25519 signature of manifest.json (ssmc/artifact/signing.py); like the manifest, not listed in it.
+UNLISTED = (MANIFEST_NAME, SIGNATURE_NAME)
 REFERENCE_NAME = "reference.safetensors"
-#: Inference semantics (DESIGN.md, Models): re-encode a K-window, or carry recurrent state.
+#: Inference semantics (docs/design.md): re-encode a K-window, or carry recurrent state.
 SEMANTICS: tuple[str, ...] = ("window", "recurrent")
 #: Tensor dtypes a manifest may name (numpy spellings).
-DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
+DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 #: How the library runs the step: ``static`` native code (runtime/c/ssmc_static_abi.h; no TVM on the target)
 #: or ``vm``, a Relax VM executable loaded through TVM's runtime (docs/compile.md, Executors).
 EXECUTORS: tuple[str, ...] = ("static", "vm")
 
 _CHUNK = 1 << 20
+_MAX_MANIFEST_BYTES = 16 << 20  # the C runtime's bound
 
 
 # -- small types ----------------------------------------------------------------------------
@@ -220,166 +225,43 @@ class Manifest:
         if not isinstance(d, Mapping):
             raise ArtifactError(f"{where}: expected a JSON object")
         _check_version(d.get("format_version"), where)
-        names = [f.name for f in fields(cls)]
-        optional = {"reference_scores", "extra"}
-        missing = [n for n in names if n not in d and n not in optional]
-        unknown = sorted(set(d) - set(names))
-        if missing:
-            raise ArtifactError(f"{where}: missing field(s) {', '.join(missing)}")
-        if unknown:
-            raise ArtifactError(f"{where}: unknown field(s) {', '.join(unknown)} (put extras under 'extra')")
+        validate_manifest(dict(d), where)  # runtime/c/manifest.schema.json, then the rules between fields
 
-        def bad(name: str, what: str) -> ArtifactError:
-            return ArtifactError(f"{where}: field {name}: {what}")
-
-        def as_str(name: str, allow_none: bool = False) -> str | None:
-            v = d[name]
-            if v is None and allow_none:
-                return None
-            if not isinstance(v, str) or not v:
-                raise bad(name, "must be a non-empty string" + (" or null" if allow_none else ""))
-            return v
-
-        def as_int(name: str) -> int:
-            v = d[name]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise bad(name, "must be a non-negative integer")
-            return v
-
-        def as_float(name: str, positive: bool = False) -> float:
-            v = d[name]
-            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-                raise bad(name, "must be a finite number")
-            if positive and v <= 0:
-                raise bad(name, "must be positive")
-            return float(v)
-
-        def as_dict(name: str, default: dict | None = None) -> dict[str, Any]:
-            v = d.get(name, default)
-            if not isinstance(v, Mapping):
-                raise bad(name, "must be an object")
-            return dict(v)
-
-        def as_specs(name: str, nonempty: bool) -> tuple[TensorSpec, ...]:
-            v = d[name]
-            if not isinstance(v, list | tuple):
-                raise bad(name, "must be a list of tensor specs")
-            specs = tuple(TensorSpec.from_any(x, f"{where}: field {name}") for x in v)
-            if nonempty and not specs:
-                raise bad(name, "must not be empty")
-            return specs
-
-        def as_floats(name: str, n: int, positive: bool = False) -> tuple[float, ...]:
-            v = d[name]
-            if not isinstance(v, list | tuple) or len(v) != n:
-                raise bad(name, f"must be a list of {n} numbers (obs_dim)")
-            if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v):
-                raise bad(name, "must hold finite numbers only")
-            if positive and not all(x > 0 for x in v):
-                raise bad(name, "must hold positive numbers only")
-            return tuple(float(x) for x in v)
-
-        semantics = as_str("semantics")
-        if semantics not in SEMANTICS:
-            raise bad("semantics", f"{semantics!r} is not one of {', '.join(SEMANTICS)}")
-        executor = as_str("executor")
-        if executor not in EXECUTORS:
-            raise bad("executor", f"{executor!r} is not one of {', '.join(EXECUTORS)}")
-        if not isinstance(d["normalisation_in_graph"], bool):
-            raise bad("normalisation_in_graph", "must be true or false")
-        precision = as_str("precision")
-        if precision not in PRECISIONS:
-            raise bad("precision", f"{precision!r} is not one of {', '.join(PRECISIONS)}")
-        inputs, outputs, state = as_specs("inputs", True), as_specs("outputs", True), as_specs("state", False)
-        all_names = [t.name for t in (*inputs, *outputs)] + [t.name for t in state]
-        dup = sorted({n for n in all_names if all_names.count(n) > 1})
-        if dup:
-            raise ArtifactError(f"{where}: tensor name(s) used twice across inputs/outputs/state: {', '.join(dup)}")
-        obs_dim, act_dim = as_int("obs_dim"), as_int("act_dim")
-        state_bytes = as_int("state_bytes")
-        computed = sum(t.nbytes for t in state)
-        if state_bytes != computed:
-            raise bad("state_bytes", f"{state_bytes} but the state tensors hold {computed} bytes")
-
-        target = as_dict("target")
-        try:
-            from ssmc.targets import Target
-
-            descriptor = Target.from_dict(target, source="manifest target")
-        except ConfigError as e:
-            raise bad("target", str(e)) from e
-        if precision not in descriptor.precisions:
-            raise bad("precision", f"{precision} is not supported by target {descriptor.name!r}")
-        if executor == "static" and descriptor.device != "cpu":
-            raise bad("executor", f"static steps run on CPUs only, target {descriptor.name!r} is {descriptor.device}")
-
-        files_raw = as_dict("files")
-        files: dict[str, FileEntry] = {}
-        for name, entry in files_raw.items():
-            _check_file_name(name, f"{where}: field files")
-            if (
-                not isinstance(entry, Mapping)
-                or set(entry) != {"sha256", "bytes"}
-                or not isinstance(entry["sha256"], str)
-                or len(entry["sha256"]) != 64
-                or any(c not in "0123456789abcdef" for c in entry["sha256"])
-                or not isinstance(entry["bytes"], int)
-                or isinstance(entry["bytes"], bool)
-                or entry["bytes"] < 0
-            ):
-                raise bad("files", f"entry {name!r} must be {{sha256: 64 lowercase hex digits, bytes: size}}")
-            files[name] = FileEntry(sha256=entry["sha256"], bytes=entry["bytes"])
-        library = as_str("library")
-        params = as_str("params", allow_none=True)
-        reference = as_str("reference", allow_none=True)
-        for name, value in (("library", library), ("params", params), ("reference", reference)):
-            if value is not None and value not in files:
-                raise bad(name, f"names {value!r}, which is not listed in files")
-
-        versions = as_dict("versions")
-        for k in ("ssmc", "tvm", "torch"):
-            if k not in versions:
-                raise bad("versions", f"must record {k} (null when not installed)")
-        if not all(isinstance(v, str | type(None)) for v in versions.values()):
-            raise bad("versions", "values must be strings or null")
-        created = as_str("created")
-        try:
-            datetime.fromisoformat(created)
-        except ValueError as e:
-            raise bad("created", f"{created!r} is not an ISO 8601 time") from e
+        def specs(name: str) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in d[name])
 
         return cls(
             format_version=d["format_version"],
-            model_kind=as_str("model_kind"),
-            model_config=as_dict("model_config"),
-            semantics=semantics,
-            entry=as_str("entry"),
-            inputs=inputs,
-            outputs=outputs,
-            state=state,
-            obs_dim=obs_dim,
-            act_dim=act_dim,
-            obs_mean=as_floats("obs_mean", obs_dim),
-            obs_std=as_floats("obs_std", obs_dim, positive=True),
-            rtg_scale=as_float("rtg_scale", positive=True),
-            target_return=as_float("target_return"),
+            model_kind=d["model_kind"],
+            model_config=dict(d["model_config"]),
+            semantics=d["semantics"],
+            entry=d["entry"],
+            inputs=specs("inputs"),
+            outputs=specs("outputs"),
+            state=specs("state"),
+            obs_dim=d["obs_dim"],
+            act_dim=d["act_dim"],
+            obs_mean=tuple(float(x) for x in d["obs_mean"]),
+            obs_std=tuple(float(x) for x in d["obs_std"]),
+            rtg_scale=float(d["rtg_scale"]),
+            target_return=float(d["target_return"]),
             normalisation_in_graph=d["normalisation_in_graph"],
-            env_id=as_str("env_id", allow_none=True),
-            precision=precision,
-            target=target,
-            library=library,
-            params=params,
-            executor=executor,
-            arena_bytes=as_int("arena_bytes"),
-            param_count=as_int("param_count"),
-            macs_per_step=as_int("macs_per_step"),
-            state_bytes=state_bytes,
-            files=files,
-            versions=versions,
-            created=created,
-            reference=reference,
-            reference_scores=as_dict("reference_scores", {}),
-            extra=as_dict("extra", {}),
+            env_id=d["env_id"],
+            precision=d["precision"],
+            target=dict(d["target"]),
+            library=d["library"],
+            params=d["params"],
+            executor=d["executor"],
+            arena_bytes=d["arena_bytes"],
+            param_count=d["param_count"],
+            macs_per_step=d["macs_per_step"],
+            state_bytes=d["state_bytes"],
+            files={k: FileEntry(sha256=e["sha256"], bytes=e["bytes"]) for k, e in d["files"].items()},
+            versions=dict(d["versions"]),
+            created=d["created"],
+            reference=d["reference"],
+            reference_scores=dict(d.get("reference_scores", {})),
+            extra=dict(d.get("extra", {})),
         )
 
     # -- conveniences -------------------------------------------------------------------------
@@ -674,29 +556,32 @@ class _TarSource(_Source):
         self.tar.close()
 
 
-def _read_manifest(src: _Source, present: Mapping[str, int]) -> Manifest:
+def _read_manifest(src: _Source, present: Mapping[str, int], keys: Any = None) -> Manifest:
     where = f"artifact {src.label}: {MANIFEST_NAME}"
     if MANIFEST_NAME not in present:
         raise ArtifactError(f"artifact {src.label}: {MANIFEST_NAME} missing (not an ssmc artifact, or an incomplete one)")
+    if present[MANIFEST_NAME] > _MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{where}: too large")
     with src.open(MANIFEST_NAME) as f:
-        raw = f.read()
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ArtifactError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
-    return Manifest.from_dict(d, where=where)
+        raw = f.read(_MAX_MANIFEST_BYTES + 1)
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{where}: too large")
+    if keys is not None:  # the signature first: with keys configured nothing unsigned is parsed
+        try:
+            check_signature(read_signature(src.open, present), raw, keys)
+        except ArtifactError as e:
+            raise ArtifactError(f"artifact {src.label}: {e}") from None
+    return Manifest.from_dict(parse_manifest_text(raw, where), where=where)
 
 
-def _verify(src: _Source) -> Manifest:
+def _verify(src: _Source, keys: Any = None) -> Manifest:
     present = src.names()
-    manifest = _read_manifest(src, present)
+    manifest = _read_manifest(src, present, keys)
     label = f"artifact {src.label}"
     for name in sorted(manifest.files):
         if name not in present:
             raise ArtifactError(f"{label}: {name}: missing (listed in {MANIFEST_NAME})")
-    extra = sorted(set(present) - set(manifest.files) - {MANIFEST_NAME})
+    extra = sorted(set(present) - set(manifest.files) - set(UNLISTED))
     if extra:
         raise ArtifactError(f"{label}: {extra[0]}: unexpected file (not listed in {MANIFEST_NAME})")
     for name, entry in sorted(manifest.files.items()):
@@ -717,25 +602,31 @@ def _is_tar_path(p: Path) -> bool:
     return p.is_file() and (p.name.endswith((".tar", ".tar.gz", ".tgz")) or tarfile.is_tarfile(p))
 
 
-def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+def load_manifest(path: str | os.PathLike[str], trusted_keys: str | os.PathLike[str] | None = None, *,
+                  check_signatures: bool = True) -> Manifest:
     """Load and verify an artifact (a directory or a ``.tar`` of one); return its manifest.
 
-    Checks the format version, the manifest's fields, and every file: each listed file must
-    exist with the recorded size and sha256, and no other file may be present.
+    Checks, in the C runtime's order: the signature when trusted keys are configured (``trusted_keys``, a
+    key file or folder, else ``$SSMC_TRUSTED_KEYS``; ssmc/artifact/signing.py), the manifest's text (UTF-8,
+    JSON nested at most 64 deep, finite numbers), its format version, the schema and the rules between
+    fields (ssmc/artifact/schema.py), and every file: each listed file must exist with the recorded size
+    and sha256, and no other file may be present. ``check_signatures=False`` skips the signature whatever
+    is configured (``ssmc sign`` verifies what it is about to sign that way).
 
     Raises:
         ArtifactError: one line naming the artifact and the bad file or field.
     """
+    keys = configured_keyring(trusted_keys) if check_signatures else None
     p = Path(path)
     if p.is_dir():
-        return _verify(_DirSource(p))
+        return _verify(_DirSource(p), keys)
     if not p.exists():
         raise ArtifactError(f"no artifact at {p}")
     if not _is_tar_path(p):
         raise ArtifactError(f"{p}: not an artifact (expected a directory or a .tar of one)")
     src = _TarSource(p)
     try:
-        return _verify(src)
+        return _verify(src, keys)
     finally:
         src.close()
 
@@ -750,10 +641,10 @@ def pack_tar(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"pack_tar: {root} is not an artifact directory")
-    manifest = load_manifest(root)
+    manifest = load_manifest(root, check_signatures=False)
     dest = Path(out) if out is not None else root.with_name(root.name + ".tar")
     mtime = int(datetime.fromisoformat(manifest.created).timestamp())
-    names = sorted(manifest.files) + [MANIFEST_NAME]
+    names = sorted(manifest.files) + [MANIFEST_NAME] + ([SIGNATURE_NAME] if (root / SIGNATURE_NAME).is_file() else [])
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -795,11 +686,11 @@ def unpack_tar(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Pa
         raise ArtifactError(f"no artifact at {src_path}")
     src = _TarSource(src_path)
     try:
-        manifest = _verify(src)
+        manifest = _verify(src, configured_keyring())
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
-            for name in [*sorted(manifest.files), MANIFEST_NAME]:
+            for name in [*sorted(manifest.files), *(n for n in UNLISTED if n in src.members)]:
                 target = tmp / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with src.open(name) as f, open(target, "wb") as g:
