@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ssmc.cli.runtime import no_traceback
 from ssmc.train.collect import ALL_QUALITIES
 
 
@@ -18,6 +19,7 @@ def data() -> None:
 @click.argument("path")
 @click.option("--env", "env", default=None, help="Environment id, when the file does not name it (e.g. Hopper-v5).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
+@no_traceback
 def inspect(path: str, env: str | None, as_json: bool) -> None:
     """Summarise a dataset: D4RL-layout HDF5, a Minari dataset (directory or local id), or an ssmc file.
 

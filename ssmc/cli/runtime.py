@@ -5,13 +5,38 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 
 import click
+
+from ssmc.errors import SsmcError
 
 
 def _say(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def no_traceback(fn):
+    """For the commands that read artifacts and datasets (run, verify, hil, data inspect): whatever the input,
+    one ``error:`` line and exit status 2, never a traceback (issue 12). SsmcError goes to the CLI group as
+    everywhere; any other exception (a reader that did not expect some malformed input) is printed as
+    ``error: TYPE: message``. SSMC_DEBUG=1 keeps the traceback instead."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (SsmcError, click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - the point: no input reaches the user as a traceback
+            if os.environ.get("SSMC_DEBUG"):
+                raise
+            msg = " ".join(str(e).split())[:500] or "(no message)"
+            click.echo(f"error: {type(e).__name__}: {msg} (SSMC_DEBUG=1 shows the traceback)", err=True)
+            click.get_current_context().exit(2)
+
+    return wrapper
 
 
 @click.command("run")
@@ -21,6 +46,7 @@ def _say(msg: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Episode i uses seed+i.")
 @click.option("--target-return", type=float, default=None, help="Return to condition on [default: the artifact's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
+@no_traceback
 def run_cmd(artifact: str, env_id: str | None, episodes: int, seed: int, target_return: float | None,
             as_json: bool) -> None:
     """Roll out ARTIFACT (a directory or .tar from `ssmc compile`) with the C runtime alone.
@@ -57,6 +83,7 @@ def run_cmd(artifact: str, env_id: str | None, episodes: int, seed: int, target_
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as one JSON object on stdout.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write verify.json, verify.md and verify.png (latency histogram, score comparison) here.")
+@no_traceback
 def verify_cmd(artifact: str, checkpoint: str | None, env_id: str | None, episodes: int, seed: int, as_json: bool,
                report_dir: str | None) -> None:
     """Check ARTIFACT against its PyTorch checkpoint and its target's budgets.
@@ -92,6 +119,7 @@ def verify_cmd(artifact: str, checkpoint: str | None, env_id: str | None, episod
 @click.option("--realtime/--no-realtime", default=True, show_default=True,
               help="Ask for SCHED_FIFO in both processes (falls back to normal priority where not permitted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else.")
+@no_traceback
 def hil_cmd(artifact: str, env_id: str | None, rate_hz: float, episodes: int, seed: int, max_steps: int | None,
             emulate: str | None, realtime: bool, as_json: bool) -> None:
     """Hardware-in-the-loop on loopback: a MuJoCo plant here, the C controller in its own process.
