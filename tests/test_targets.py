@@ -167,7 +167,7 @@ def _build(t: Target, path) -> None:
 
     tt = t.tvm_target()
     ex = tvm.compile(relax.get_default_pipeline(tt)(_relax_module()), tt, relax_pipeline=None)
-    kw = {"fcompile": cc.cross_compiler(t.cross_compiler)} if t.cross_compiler else {}
+    kw = {"fcompile": cc.cross_compiler(t.toolchain().cc)} if t.cross_compiler else {}
     ex.export_library(str(path), **kw)
 
 
@@ -188,11 +188,123 @@ def test_host_descriptor_builds_and_runs(tmp_path) -> None:
     np.testing.assert_allclose(y, np.tanh(x @ w), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("toolchain", ["gnu", "zig"])
 @pytest.mark.parametrize("name", ["aarch64", "rpi5", "jetson-orin-cpu"])
-def test_aarch64_descriptor_cross_builds(name: str, tmp_path) -> None:
+def test_aarch64_descriptor_cross_builds(name: str, toolchain: str, tmp_path, monkeypatch) -> None:
     t = load_target(name)
-    require_tools(t.cross_compiler)
+    if toolchain == "gnu":
+        require_tools(t.cross_compiler)
+    monkeypatch.setenv("SSMC_CROSS", toolchain)
+    assert t.toolchain().kind == toolchain
     lib = tmp_path / f"{name}.so"
     _build(t, lib)
-    head = lib.read_bytes()[:20]
-    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    assert _elf_machine(lib) == EM_AARCH64
+
+
+# -- cross builds right after `pip install -e .`: no aarch64-linux-gnu-gcc ----------------------------------
+
+EM_AARCH64 = 183
+
+
+def _elf_machine(path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+def _elf_has_symtab(path) -> bool:
+    from ssmc.toolchain import _is_stripped
+
+    return not _is_stripped(path)
+
+
+@pytest.fixture
+def no_debian_cross_gcc(tmp_path, monkeypatch):
+    """PATH as it is, minus every aarch64-linux-gnu-* tool: a machine where apt never ran."""
+    import os
+
+    bin_dir = tmp_path / "path-without-aarch64-gcc"
+    bin_dir.mkdir()
+    for d in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(d):
+            continue
+        for entry in os.scandir(d):
+            link = bin_dir / entry.name
+            if entry.name.startswith("aarch64-linux-gnu-") or link.exists() or link.is_symlink():
+                continue
+            link.symlink_to(entry.path)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("SSMC_CROSS", raising=False)
+    import shutil
+
+    assert shutil.which("aarch64-linux-gnu-gcc") is None
+    return bin_dir
+
+
+@pytest.fixture
+def tiny_dmm(tmp_path):
+    """runs/dmm: a small DMM checkpoint, found by `ssmc compile --model dmm` from tmp_path."""
+    import torch
+
+    from ssmc.train.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("dmm", 3, 1, K=4, hidden=16, n_layer=1, window=3, d_state=8, dropout=0.0)
+    extra = {"obs_mean": [0.0, 0.0, 0.0], "obs_std": [1.0, 1.0, 1.0], "rtg_scale": 1e-3,
+             "target_return": -150.0, "env_id": "Pendulum-v1"}
+    return save_checkpoint(model, tmp_path / "runs" / "dmm", extra)
+
+
+def _compile_cli(tmp_path, monkeypatch, *args: str):
+    from ssmc.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["compile", "--model", "dmm", *args])
+    assert r.exit_code == 0, r.output
+    return tmp_path / r.stdout.strip().splitlines()[-1]
+
+
+def test_compile_rpi5_without_debian_cross_gcc(no_debian_cross_gcc, tiny_dmm, tmp_path, monkeypatch) -> None:
+    assert load_target("rpi5").toolchain().kind == "zig"
+    out = _compile_cli(tmp_path, monkeypatch, "--target", "rpi5")
+    lib = out / "lib.so"
+    assert _elf_machine(lib) == EM_AARCH64 and not _elf_has_symtab(lib)
+    from ssmc.artifact import load_manifest
+
+    m = load_manifest(out)
+    assert m.target["name"] == "rpi5" and m.extra["library_stripped"] is True
+
+
+def test_compile_jetson_orin_without_debian_cross_gcc(no_debian_cross_gcc, tiny_dmm, tmp_path, monkeypatch) -> None:
+    require_tools("nvcc")
+    out = _compile_cli(tmp_path, monkeypatch, "--target", "jetson-orin")
+    from ssmc.artifact import load_manifest
+    from ssmc.compile.cuda import cuda_archs
+
+    assert _elf_machine(out / "lib.so") == EM_AARCH64
+    assert cuda_archs((out / "lib.so").read_bytes()) == ["sm_87"]
+    assert load_manifest(out).extra["cuda_device_code"] == ["sm_87"]
+
+
+def test_missing_cross_toolchain_is_one_line_naming_both_ways(no_debian_cross_gcc, monkeypatch) -> None:
+    import ssmc.toolchain as tc
+
+    monkeypatch.setattr(tc, "zig_available", lambda: False)  # as without the ziglang wheel
+    with pytest.raises(ConfigError) as e:
+        load_target("rpi5").toolchain()
+    msg = str(e.value)
+    assert "\n" not in msg and "aarch64-linux-gnu-gcc" in msg and "ziglang" in msg and "qemu" in msg
+
+
+def test_zig_wrapper_drops_gnu_only_linker_options(tmp_path) -> None:
+    """The wrapper links what GNU gcc would (--exclude-libs dropped, -s added), and strip then passes."""
+    from ssmc.toolchain import c_toolchain
+
+    src = tmp_path / "f.c"
+    src.write_text("#include <math.h>\ndouble f(double x) { return exp(x); }\n")
+    lib = tmp_path / "libf.so"
+    tc = c_toolchain("aarch64", prefer="zig")
+    subprocess.run([tc.cc, "-O2", "-fPIC", "-shared", "-o", str(lib), str(src), "-lm", "-Wl,--exclude-libs,ALL"],
+                   check=True, capture_output=True)
+    assert _elf_machine(lib) == EM_AARCH64 and not _elf_has_symtab(lib)
+    assert subprocess.run([tc.strip, str(lib)], capture_output=True).returncode == 0
