@@ -34,7 +34,7 @@ def tiny(tmp_path, monkeypatch):
 
 def test_a_tiny_sweep_on_local_ray_then_resumes_from_disk(tiny):
     pytest.importorskip("ray")
-    res = CliRunner().invoke(cli, ["sweep", "sweep.json", "--out", "out", "--parallel", "2", "--json"])
+    res = CliRunner().invoke(cli, ["sweep", "sweep.json", "--out", "out", "--parallel", "2", "--doc", "res.md", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["ran_this_invocation"] == 4 and not summary["missing"]
@@ -47,6 +47,8 @@ def test_a_tiny_sweep_on_local_ray_then_resumes_from_disk(tiny):
         assert rows[model]["last"]["values"] == [r["last"] for r in results]
         assert rows[model]["last"]["mean"] == pytest.approx((results[0]["last"] + results[1]["last"]) / 2)
     assert (tiny / "out" / "sweep.md").read_text().count("| pend |") == 2
+    assert (tiny / "res.md").read_text().count(sw.DOC_BEGIN) == 1
+    assert json.loads((tiny / "res.json").read_text())["rows"] == summary["rows"]
 
     # a finished sweep runs nothing again (no Ray needed: every run folder has its result)
     again = sw.run_sweep("sweep.json", "out", progress=False)

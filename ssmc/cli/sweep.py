@@ -16,10 +16,13 @@ import click
 @click.option("--parallel", type=int, default=None,
               help="Runs at a time on the local Ray (one CPU each) [default: every CPU].")
 @click.option("--nice", type=int, default=0, show_default=True, help="Raise each run's niceness (shared machines).")
+@click.option("--doc", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results table into this Markdown file's marked block (e.g. docs/results.md) "
+                   "and the summary beside it as .json.")
 @click.option("--dry-run", is_flag=True, help="List the runs and which are finished; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def sweep(config: str, out: str | None, address: str | None, parallel: int | None, nice: int, dry_run: bool,
-          as_json: bool) -> None:
+def sweep(config: str, out: str | None, address: str | None, parallel: int | None, nice: int, doc: str | None,
+          dry_run: bool, as_json: bool) -> None:
     """Train and evaluate every (model, dataset, seed) of a sweep CONFIG, one Ray task per run.
 
     CONFIG is a JSON path or a name in ssmc/configs/sweeps/ (e.g. hopper-claims). Models refer to named
@@ -38,7 +41,7 @@ def sweep(config: str, out: str | None, address: str | None, parallel: int | Non
             state = "done" if (Path(r["out"]) / RESULT).exists() else "todo"
             click.echo(f"{state}  {r['key']:<40} {r['config']:<28} {r['steps']} steps, evals at {r['eval_steps']}")
         return
-    summary = run_sweep(config, out, address=address, parallel=parallel, nice=nice, progress=not as_json)
+    summary = run_sweep(config, out, address=address, parallel=parallel, nice=nice, progress=not as_json, doc=doc)
     if as_json:
         click.echo(json.dumps(summary))
         return
