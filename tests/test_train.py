@@ -162,3 +162,18 @@ def test_incomplete_checkpoint_is_refused(pendulum_file, tmp_path):
     (tmp_path / "model.safetensors").unlink()
     r = CliRunner().invoke(cli, ["eval", str(tmp_path), "--episodes", "1"])
     assert r.exit_code == 2 and "model.safetensors" in r.stderr
+
+
+def test_fit_until_stops_saves_and_continues_on_the_same_schedule(pendulum_file, tmp_path):
+    """fit(until=k) (what ssmc sweep uses to evaluate midway) saves at k, and continuing to the end gives the
+    same weights as one uninterrupted fit, since the schedule follows cfg.steps, not until."""
+    straight = _train(pendulum_file, tmp_path / "a", steps=14, warmup_steps=6)
+    cfg = TrainConfig(steps=14, warmup_steps=6, log_every=5, save_every=10, seed=1)
+    t = Trainer("dmm", load_dataset(pendulum_file), tmp_path / "b", cfg, overrides=TINY["dmm"],
+                dataset_path=pendulum_file)
+    t.fit(progress=False, until=7)
+    assert t.step == 7 and json.loads((tmp_path / "b" / "trainer_state.json").read_text())["step"] == 7
+    t.fit(progress=False, until=100)  # clipped to cfg.steps
+    assert t.step == 14
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), t.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -151,8 +151,12 @@ class Trainer:
         self.step, self.wall = int(state["step"]), float(state["wall"])
 
     # -- loop -------------------------------------------------------------------------------
-    def fit(self, progress: bool = True) -> dict[str, Any]:
+    def fit(self, progress: bool = True, until: int | None = None) -> dict[str, Any]:
+        """Train to ``cfg.steps``, or only to step ``until`` (saved there) so a caller can evaluate midway
+        (``ssmc sweep``); the schedule always follows ``cfg.steps``."""
         from tqdm import tqdm
+
+        stop = self.cfg.steps if until is None else min(int(until), self.cfg.steps)
 
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / "train_log.csv"
@@ -167,7 +171,7 @@ class Trainer:
         losses: list[float] = []
         t_last, s_last = time.perf_counter(), self.step
         try:
-            while self.step < self.cfg.steps:
+            while self.step < stop:
                 t0 = time.perf_counter()
                 batch = {k: v.to(self.device) for k, v in self.sampler.sample(self.cfg.batch_size).items()}
                 loss = self.model.loss(batch)
@@ -182,7 +186,7 @@ class Trainer:
                 self.wall += time.perf_counter() - t0
                 losses.append(loss.item())
                 bar.update(1)
-                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                if self.step % self.cfg.log_every == 0 or self.step == stop:
                     now = time.perf_counter()
                     sps = (self.step - s_last) / max(now - t_last, 1e-9)
                     t_last, s_last = now, self.step
@@ -192,7 +196,7 @@ class Trainer:
                                      f"{float(gn):.4f}", f"{sps:.2f}", f"{self.wall:.1f}"])
                     logf.flush()
                     bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{sps:.1f}")
-                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                if self.step % self.cfg.save_every == 0 or self.step == stop:
                     self.save()
         finally:
             bar.close()
