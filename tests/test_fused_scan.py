@@ -125,3 +125,15 @@ def test_a_dema_training_step_gives_the_reference_gradients(monkeypatch):
     assert fused.keys() == reference.keys() and len(fused) > 10
     for k in reference:
         assert rel(fused[k], reference[k]) <= 1e-5, k
+
+
+def test_the_parallel_kernels_match_the_reference(monkeypatch):
+    """SSMC_SCAN_THREADS=2: the kernels split batch rows over threads (per-row gA partials)."""
+    x = inputs(b=5, d=16, L=30, n=8)
+    ref_out, ref_last, ref_grads = outputs_and_grads(selective_scan_ref, x)
+    assert fused_scan._threads(5) == 1  # serial unless asked
+    monkeypatch.setenv(fused_scan.THREADS_ENV, "2")
+    assert fused_scan._threads(5) == 2
+    out, last, grads = outputs_and_grads(selective_scan, x)
+    assert rel(out, ref_out) <= 1e-5 and rel(last, ref_last) <= 1e-5
+    assert all(rel(grads[k], ref_grads[k]) <= 1e-5 for k in ref_grads)

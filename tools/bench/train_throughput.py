@@ -1,8 +1,12 @@
-"""CPU training throughput per model: gradient steps/s at batch 64 and each paper's context K.
+"""CPU training throughput per model: gradient steps/s at batch 64 and each paper's context K, with the
+fused numba scan (train/models/fused_scan.py, the default) against the torch scan it replaced
+(scan.SelectiveScanFn, selected with SSMC_FUSED_SCAN=0): the before/after of issue 13.
 
-Synthetic batches in the sampler's layout (the data does not change the cost); each model is
-timed for --steps steps after --warmup steps, with the thread count given. Writes a Markdown
-table (and JSON) that docs/training-throughput.md includes.
+Synthetic batches in the sampler's layout (the data does not change the cost); each model is timed for
+--steps steps after --warmup steps, with the thread count given, the two scans interleaved step by step
+so that a change in the machine's load hits both alike. Both wall-clock and thread CPU time are recorded:
+on a shared machine the CPU time is the steadier number (it leaves out time spent preempted). Writes a
+Markdown table (and JSON) to --out.
 
     python tools/bench/train_throughput.py --threads 1 --out docs/training-throughput.md
 """
@@ -37,26 +41,70 @@ def synthetic_batch(model, batch: int, g: torch.Generator) -> dict[str, torch.Te
     }
 
 
+SCANS = ("torch", "fused")  # before (scan.SelectiveScanFn), after (fused_scan.FusedSelectiveScanFn)
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def bench(name: str, batch: int, steps: int, warmup: int) -> dict:
+    """One model, both scans interleaved (models without a Mamba layer are timed once)."""
+    from ssmc.train.models import fused_scan
+    from ssmc.train.models.mamba import Mamba
+
     torch.manual_seed(0)
     model = build_model(name, obs_dim=HOPPER[0], act_dim=HOPPER[1]).train()
+    scans = SCANS if any(isinstance(m, Mamba) for m in model.modules()) else ("torch",)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(model, batch, g) for _ in range(4)]
-    times = []
+    wall: dict[str, list[float]] = {s: [] for s in scans}
+    cpu: dict[str, list[float]] = {s: [] for s in scans}
     for i in range(warmup + steps):
-        b = batches[i % len(batches)]
-        t0 = time.perf_counter()
+        for scan in scans:
+            os.environ[fused_scan.ENV_SWITCH] = "1" if scan == "fused" else "0"
+            b = batches[i % len(batches)]
+            t0, c0 = time.perf_counter(), time.thread_time()
+            loss = model.loss(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                wall[scan].append(time.perf_counter() - t0)
+                cpu[scan].append(time.thread_time() - c0)
+    os.environ.pop(fused_scan.ENV_SWITCH, None)
+    row = {"model": name, "K": model.config.K, "params": model.num_params(), "batch": batch}
+    for scan in scans:
+        row[f"{scan}_wall_ms"] = round(_median(wall[scan]) * 1e3, 1)
+        row[f"{scan}_cpu_ms"] = round(_median(cpu[scan]) * 1e3, 1)
+    if "fused" in scans:
+        row["speedup_cpu"] = round(row["torch_cpu_ms"] / row["fused_cpu_ms"], 2)
+        row["speedup_wall"] = round(row["torch_wall_ms"] / row["fused_wall_ms"], 2)
+    return row
+
+
+def profile(name: str, batch: int) -> None:
+    """Where one training step's time goes, fused scan on (FusedSelectiveScanFn rows are the scan)."""
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    model = build_model(name, obs_dim=HOPPER[0], act_dim=HOPPER[1]).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    b = synthetic_batch(model, batch, torch.Generator().manual_seed(0))
+
+    def step():
         loss = model.loss(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2]
-    return {"model": name, "K": model.config.K, "params": model.num_params(), "batch": batch,
-            "step_ms_median": round(med * 1e3, 1), "steps_per_s": round(1.0 / med, 2)}
+
+    for _ in range(2):
+        step()
+    with torch_profile() as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main() -> None:
@@ -67,33 +115,47 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (and .json beside it).")
+    ap.add_argument("--profile", metavar="MODEL", default=None,
+                    help="Only profile one fused-scan training step of MODEL (torch.profiler, self CPU time).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args.profile, args.batch)
+        return
     load_before = os.getloadavg()[0]
     rows = [bench(m, args.batch, args.steps, args.warmup) for m in args.models]
     load_after = os.getloadavg()[0]
     for r in rows:
         print(json.dumps(r))
     if args.out:
+        from ssmc.fsutil import replace_marked_block
+
         cpu = platform.processor() or platform.machine()
         lines = [
-            "# CPU training throughput",
-            "",
             f"Forward + backward + AdamW step, batch {args.batch}, each paper's K, hopper sizes (obs 11, act 3), "
             f"{args.threads} thread(s), torch {torch.__version__}, {cpu}; median of {args.steps} steps after "
-            f"{args.warmup} warm-up steps. Pure-PyTorch scan (no mamba-ssm on CPU). Load average "
-            f"{load_before:.1f} before / {load_after:.1f} after (other jobs on the machine slow these numbers down).",
+            f"{args.warmup} warm-up steps, the two scans interleaved. *torch scan*: scan.SelectiveScanFn "
+            "(before issue 13); *fused scan*: the numba kernels of train/models/fused_scan.py (after, the default). "
+            f"Load average {load_before:.1f} before / {load_after:.1f} after (other jobs shared the machine: "
+            "the CPU-time columns are the steadier ones).",
             "",
             "Reproduce: `python tools/bench/train_throughput.py --threads "
             f"{args.threads} --steps {args.steps} --out {args.out}`",
             "",
-            "| model | K | params | ms / step | steps / s |",
-            "|---|---:|---:|---:|---:|",
+            "| model | K | params | torch scan: ms / step (CPU) | fused scan: ms / step (CPU) | speed-up (CPU) "
+            "| torch scan wall ms | fused scan wall ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {r['model']} | {r['K']} | {r['params']:,} | {r['step_ms_median']} | {r['steps_per_s']} |"
-                  for r in rows]
+        for r in rows:
+            if "fused_cpu_ms" in r:
+                lines.append(f"| {r['model']} | {r['K']} | {r['params']:,} | {r['torch_cpu_ms']} | {r['fused_cpu_ms']} | "
+                             f"{r['speedup_cpu']}× | {r['torch_wall_ms']} | {r['fused_wall_ms']} |")
+            else:
+                lines.append(f"| {r['model']} | {r['K']} | {r['params']:,} | {r['torch_cpu_ms']} | (no scan) | – | "
+                             f"{r['torch_wall_ms']} | – |")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        replace_marked_block(args.out, "<!-- train_throughput: begin -->", "<!-- train_throughput: end -->",
+                             "\n".join(lines) + "\n", default="# CPU training throughput\n")
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

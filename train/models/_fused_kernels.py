@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 
@@ -46,64 +46,90 @@ def _exp_impl(x):
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _forward_kernel(u, delta, A, B, C, y, h_last):
-    bsz, d, L = u.shape
+def _forward_batch(bi, u, delta, A, B, C, y, h_last):
+    """One batch row: every channel's state walks the tokens in an n-float buffer."""
+    d, L = u.shape[1], u.shape[2]
     n = A.shape[1]
     h = np.empty(n, u.dtype)
-    for bi in range(bsz):
-        for di in range(d):
-            h[:] = 0
-            for t in range(L):
-                dt = delta[bi, di, t]
-                x = dt * u[bi, di, t]
-                acc = u.dtype.type(0)
-                for k in range(n):
-                    hk = _exp(dt * A[di, k]) * h[k] + x * B[bi, t, k]
-                    h[k] = hk
-                    acc += hk * C[bi, t, k]
-                y[bi, di, t] = acc
-            h_last[bi, di, :] = h
+    for di in range(d):
+        h[:] = 0
+        for t in range(L):
+            dt = delta[bi, di, t]
+            x = dt * u[bi, di, t]
+            acc = u.dtype.type(0)
+            for k in range(n):
+                hk = _exp(dt * A[di, k]) * h[k] + x * B[bi, t, k]
+                h[k] = hk
+                acc += hk * C[bi, t, k]
+            y[bi, di, t] = acc
+        h_last[bi, di, :] = h
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _backward_kernel(u, delta, A, B, C, gy, gu, gdelta, gA, gB, gC):
-    """gu, gdelta: (b, d, l) written; gA (d, n), gB, gC (b, l, n) accumulated (zeroed by the caller)."""
-    bsz, d, L = u.shape
+def _backward_batch(bi, u, delta, A, B, C, gy, gu, gdelta, gA, gB, gC):
+    """One batch row. gu, gdelta (b, d, l) written; gA (d, n) and gB, gC (b, l, n) accumulated."""
+    d, L = u.shape[1], u.shape[2]
     n = A.shape[1]
     hs = np.empty((L + 1, n), u.dtype)  # hs[t + 1] = h_t, hs[0] = 0
     dA = np.empty((L, n), u.dtype)  # Ā_t
     g = np.empty(n, u.dtype)  # dLoss/dh_t, carried backwards
-    gAl = np.empty(n, u.dtype)
-    for bi in range(bsz):
-        for di in range(d):
-            hs[0, :] = 0
-            for t in range(L):  # recompute this pair's states
-                dt = delta[bi, di, t]
-                x = dt * u[bi, di, t]
-                for k in range(n):
-                    a = _exp(dt * A[di, k])
-                    dA[t, k] = a
-                    hs[t + 1, k] = a * hs[t, k] + x * B[bi, t, k]
-            g[:] = 0
-            gAl[:] = 0
-            for t in range(L - 1, -1, -1):
-                dt = delta[bi, di, t]
-                ut = u[bi, di, t]
-                x = dt * ut
-                gyt = gy[bi, di, t]
-                gx = u.dtype.type(0)
-                gdt = u.dtype.type(0)
-                for k in range(n):
-                    gk = g[k] + C[bi, t, k] * gyt  # g_t
-                    gC[bi, t, k] += hs[t + 1, k] * gyt
-                    gB[bi, t, k] += gk * x
-                    gx += gk * B[bi, t, k]
-                    gk = gk * dA[t, k]  # Ā_t g_t: this step's share of g_{t-1}
-                    P = gk * hs[t, k]  # dLoss/d(Δ_t A)
-                    gAl[k] += P * dt
-                    gdt += P * A[di, k]
-                    g[k] = gk
-                gu[bi, di, t] = gx * dt
-                gdelta[bi, di, t] = gdt + gx * ut
+    gAl = np.empty(n, u.dtype)  # this channel's dA, local: an output array in the loop blocks vectorisation
+    for di in range(d):
+        hs[0, :] = 0
+        for t in range(L):  # recompute this pair's states
+            dt = delta[bi, di, t]
+            x = dt * u[bi, di, t]
             for k in range(n):
-                gA[di, k] += gAl[k]
+                a = _exp(dt * A[di, k])
+                dA[t, k] = a
+                hs[t + 1, k] = a * hs[t, k] + x * B[bi, t, k]
+        g[:] = 0
+        gAl[:] = 0
+        for t in range(L - 1, -1, -1):
+            dt = delta[bi, di, t]
+            ut = u[bi, di, t]
+            x = dt * ut
+            gyt = gy[bi, di, t]
+            gx = u.dtype.type(0)
+            gdt = u.dtype.type(0)
+            for k in range(n):
+                gk = g[k] + C[bi, t, k] * gyt  # g_t
+                gC[bi, t, k] += hs[t + 1, k] * gyt
+                gB[bi, t, k] += gk * x
+                gx += gk * B[bi, t, k]
+                gk = gk * dA[t, k]  # Ā_t g_t: this step's share of g_{t-1}
+                P = gk * hs[t, k]  # dLoss/d(Δ_t A)
+                gAl[k] += P * dt
+                gdt += P * A[di, k]
+                g[k] = gk
+            gu[bi, di, t] = gx * dt
+            gdelta[bi, di, t] = gdt + gx * ut
+        for k in range(n):
+            gA[di, k] += gAl[k]
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def forward(u, delta, A, B, C, y, h_last):
+    for bi in range(u.shape[0]):
+        _forward_batch(bi, u, delta, A, B, C, y, h_last)
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def backward(u, delta, A, B, C, gy, gu, gdelta, gA, gB, gC):
+    """gA (d, n), gB, gC (b, l, n) accumulated: zeroed by the caller."""
+    for bi in range(u.shape[0]):
+        _backward_batch(bi, u, delta, A, B, C, gy, gu, gdelta, gA, gB, gC)
+
+
+@njit(fastmath=True, cache=True, parallel=True)
+def forward_parallel(u, delta, A, B, C, y, h_last):
+    for bi in prange(u.shape[0]):
+        _forward_batch(bi, u, delta, A, B, C, y, h_last)
+
+
+@njit(fastmath=True, cache=True, parallel=True)
+def backward_parallel(u, delta, A, B, C, gy, gu, gdelta, gA_rows, gB, gC):
+    """As ``backward`` over batch rows in parallel; gA_rows (b, d, n): one partial gA per row (summed by
+    the caller), so no two threads write the same element."""
+    for bi in prange(u.shape[0]):
+        _backward_batch(bi, u, delta, A, B, C, gy, gu, gdelta, gA_rows[bi], gB, gC)

@@ -46,6 +46,23 @@ def _kernels():
     return _fused_kernels
 
 
+THREADS_ENV = "SSMC_SCAN_THREADS"  # >1: the kernels split batch rows over that many numba threads
+
+
+def _threads(batch: int) -> int:
+    """Threads for the kernels: 1 (the serial kernels) unless SSMC_SCAN_THREADS asks for more. Opt-in:
+    torch's OpenMP workers spin after each op and fight numba's for the cores (a DeMa step on 2 threads
+    of this 2-core shared machine took 7x longer than on one; docs/training-throughput.md)."""
+    want = min(int(os.environ.get(THREADS_ENV, "1") or 1), batch)
+    if want <= 1:
+        return 1
+    import numba
+
+    n = min(want, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -62,7 +79,9 @@ class FusedSelectiveScanFn(torch.autograd.Function):
         b, d, L = u.shape
         y = u.new_empty(b, d, L)
         h = u.new_empty(b, d, A.shape[1])
-        _kernels()._forward_kernel(_np(u), _np(delta), _np(A), _np(B), _np(C), y.numpy(), h.numpy())
+        k = _kernels()
+        (k.forward_parallel if _threads(b) > 1 else k.forward)(_np(u), _np(delta), _np(A), _np(B), _np(C),
+                                                              y.numpy(), h.numpy())
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.mark_non_differentiable(h)
         return y, h
@@ -72,9 +91,15 @@ class FusedSelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C = ctx.saved_tensors
         gy = gy.contiguous()
         gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
-        gA, gB, gC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
-        _kernels()._backward_kernel(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(gy), gu.numpy(),
-                                    gdelta.numpy(), gA.numpy(), gB.numpy(), gC.numpy())
+        gB, gC = torch.zeros_like(B), torch.zeros_like(C)
+        args = (_np(u), _np(delta), _np(A), _np(B), _np(C), _np(gy), gu.numpy(), gdelta.numpy())
+        if _threads(u.shape[0]) > 1:
+            gA_rows = u.new_zeros(u.shape[0], *A.shape)  # (b, d, n): per-row partials, no shared writes
+            _kernels().backward_parallel(*args, gA_rows.numpy(), gB.numpy(), gC.numpy())
+            gA = gA_rows.sum(0)
+        else:
+            gA = torch.zeros_like(A)
+            _kernels().backward(*args, gA.numpy(), gB.numpy(), gC.numpy())
         return gu, gdelta, gA, gB, gC
 
 
