@@ -388,12 +388,12 @@ def markdown(summary: dict[str, Any]) -> str:
         "means ± 95 % CI (Student t) over seeds, **D4RL-like** (ssmc's own behaviour data, gymnasium v5), "
         "*last* = final evaluation, *best* = best evaluation during training (CORL's convention).",
         "",
-        "| dataset | model | config | params | steps | last | best | published (paper) | train wall / run | eval wall / run |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | model | config | params | steps | seeds | last | best | published (paper) | train wall / run | eval wall / run |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(summary["rows"], key=lambda r: (r["dataset"], r["model"])):
         lines.append(f"| {r['dataset']} | {r['model']} | {r['config']} | {r['params']:,} | {r['steps']:,} | "
-                     f"{fmt_ci(r['last'])} | {fmt_ci(r['best'])} | {_published(r['model'], r['dataset'], pub)} | "
+                     f"{len(r['seeds'])} | {fmt_ci(r['last'])} | {fmt_ci(r['best'])} | {_published(r['model'], r['dataset'], pub)} | "
                      f"{_dur(r['train_wall_s_mean'])} | {_dur(r['eval_wall_s_mean'])} |")
     total = sum(r["train_wall_s_total"] for r in summary["rows"])
     evals = sum(r["eval_wall_s_mean"] * len(r["seeds"]) for r in summary["rows"])
