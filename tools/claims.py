@@ -314,8 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_file(json_path) as tmp:
             tmp.write_text(json.dumps(data, indent=1) + "\n")
     plot(data, png)
+    from ssmc.train.verdict import BEGIN, END  # `ssmc claims`'s verdict block survives this rewrite
+
+    head = "## The claims verdict (`ssmc claims`)"
+    old = args.out.read_text() if args.out.exists() else ""
+    keep = ""
+    if BEGIN in old and END in old:  # from its heading (prose included) to the end marker
+        start = old.index(head) if head in old[: old.index(BEGIN)] else old.index(BEGIN)
+        keep = old[start:old.index(END) + len(END)]
+        keep = keep if keep.startswith(head) else f"{head}\n\n{keep}"
     with atomic_file(args.out) as tmp:
-        tmp.write_text(markdown(data, png))
+        tmp.write_text(markdown(data, png) + (f"\n{keep}\n" if keep else ""))
     print(args.out)
     return 0
 
