@@ -172,8 +172,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from ssmc.train.rollout import evaluate_checkpoint
     from ssmc.train.trainer import TrainConfig, Trainer
 
-    if spec.get("nice"):
-        os.nice(int(spec["nice"]))
+    if spec.get("nice"):  # an absolute level: Ray reuses worker processes, so os.nice() would add up
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), int(spec["nice"])))
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "run.json") as tmp:
