@@ -125,6 +125,7 @@ def run_hil(artifact: str | os.PathLike[str], env_id: str | None = None, rate_hz
     env = make_env(spec)
     returns: list[float] = []
     lengths: list[int] = []
+    missed: list[list[int]] = []  # per episode, the steps whose action came late (the previous one was held)
     misses = errors = steps_total = 0
     rtt_ns: list[int] = []
     try:
@@ -150,6 +151,7 @@ def run_hil(artifact: str | os.PathLike[str], env_id: str | None = None, rate_hz
             if ack is None or ack[0] != ACK:
                 raise ConfigError("the controller did not acknowledge the reset")
             action = np.zeros(act_dim)
+            missed.append([])
             reward, total, n, done = 0.0, 0.0, 0, False
             tick = time.perf_counter()
             while not done and (max_steps is None or n < max_steps):
@@ -167,6 +169,7 @@ def run_hil(artifact: str | os.PathLike[str], env_id: str | None = None, rate_hz
                     action = got[2]
                 else:
                     misses += 1
+                    missed[-1].append(n)
                     errors += int(got is not None and got[0] == ERR)
                 low, high = env.action_space.low, env.action_space.high
                 obs, reward, terminated, truncated, _ = env.step(np.clip(action, low, high))
@@ -216,6 +219,7 @@ def run_hil(artifact: str | os.PathLike[str], env_id: str | None = None, rate_hz
         "normalized_ref": spec.ref_source,
         "steps": steps_total,
         "deadline_misses": misses,
+        "missed_steps": missed,
         "controller_errors": errors,
         "round_trip_us": latency_summary(rtt_ns),
         "controller_step_us": ctrl["latency_us"],
