@@ -172,8 +172,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     from ssmc.train.rollout import evaluate_checkpoint
     from ssmc.train.trainer import TrainConfig, Trainer
 
-    if spec.get("nice"):  # an absolute level: Ray reuses worker processes, so os.nice() would add up
-        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), int(spec["nice"])))
+    if spec.get("nice") is not None:  # an absolute level: Ray starts its workers at niceness 15 (its
+        try:                          # worker_niceness) and reuses them, so os.nice() would add up
+            os.setpriority(os.PRIO_PROCESS, 0, int(spec["nice"]))
+        except OSError:  # lowering niceness needs privileges: keep what Ray gave
+            pass
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "run.json") as tmp:
@@ -218,7 +221,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
 # -- the sweep -----------------------------------------------------------------------------------------------
 def run_sweep(config: str | os.PathLike, out: str | os.PathLike | None = None, address: str | None = None,
-              parallel: int | None = None, nice: int = 0, progress: bool = True,
+              parallel: int | None = None, nice: int | None = None, progress: bool = True,
               doc: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run (or finish) a sweep and write ``OUT/sweep.json`` and ``OUT/sweep.md`` (and, with ``doc``, the
     table into that Markdown file's marked block and the summary beside it as .json); returns the summary."""
@@ -240,7 +243,7 @@ def run_sweep(config: str | os.PathLike, out: str | os.PathLike | None = None, a
     return summary
 
 
-def _run_on_ray(todo: list[dict[str, Any]], address: str | None, parallel: int | None, nice: int,
+def _run_on_ray(todo: list[dict[str, Any]], address: str | None, parallel: int | None, nice: int | None,
                 progress: bool) -> None:
     try:
         import ray

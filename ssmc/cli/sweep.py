@@ -15,13 +15,14 @@ import click
               help="Join an existing Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one.")
 @click.option("--parallel", type=int, default=None,
               help="Runs at a time on the local Ray (one CPU each) [default: every CPU].")
-@click.option("--nice", type=int, default=0, show_default=True, help="Raise each run's niceness (shared machines).")
+@click.option("--nice", type=int, default=None,
+              help="Each run's niceness (e.g. 5 on a shared machine) [default: Ray's own, 15].")
 @click.option("--doc", type=click.Path(dir_okay=False), default=None,
               help="Also write the results table into this Markdown file's marked block (e.g. docs/results.md) "
                    "and the summary beside it as .json.")
 @click.option("--dry-run", is_flag=True, help="List the runs and which are finished; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def sweep(config: str, out: str | None, address: str | None, parallel: int | None, nice: int, doc: str | None,
+def sweep(config: str, out: str | None, address: str | None, parallel: int | None, nice: int | None, doc: str | None,
           dry_run: bool, as_json: bool) -> None:
     """Train and evaluate every (model, dataset, seed) of a sweep CONFIG, one Ray task per run.
 
