@@ -1,34 +1,80 @@
-"""`ssmc quickstart`: the README's first command, end to end on a small budget."""
+"""`ssmc quickstart`: the README's first command, end to end on a small budget.
+
+Every stage leaves its file behind (dataset, checkpoint, host artifacts, cross artifacts, the report), the
+verdict is PASS, and the output ends on the verdict table and where the report is.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from ssmc.artifact import load_manifest
 from ssmc.cli import cli
 
+EM_AARCH64 = 183
 
-def _quickstart(tmp_path, steps: str, episodes: str):
-    r = CliRunner().invoke(cli, ["quickstart", "--workdir", str(tmp_path), "--steps", steps, "--episodes", episodes],
-                           catch_exceptions=False)
+
+def _quickstart(tmp_path: Path, *args: str):
+    r = CliRunner().invoke(cli, ["quickstart", "--workdir", str(tmp_path), *args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return r
 
 
-def test_quickstart_collects_trains_and_evaluates(tmp_path):
-    r = _quickstart(tmp_path, "20", "1")
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+def _check_stages(tmp_path: Path, stdout: str) -> dict:
     data = tmp_path / "data" / "pendulum-v1-medium.hdf5"
     ck = tmp_path / "runs" / "quickstart-dmm"
-    assert data.exists() and (ck / "model.safetensors").exists() and (ck / "train_log.csv").exists()
-    assert json.loads((ck / "config.json").read_text())["model"] == "dmm"
-    assert str(data) in r.stdout and str(ck) in r.stdout and "normalised" in r.stdout
+    assert data.is_file()
+    assert (ck / "model.safetensors").is_file() and (ck / "train_log.csv").is_file()
+    config = json.loads((ck / "config.json").read_text())
+    assert config["model"] == "dmm" and config["extra"]["env_id"] == "Pendulum-v1"
+    arts = tmp_path / "artifacts"
+    for precision in ("fp32", "int8"):
+        m = load_manifest(arts / f"dmm-host-{precision}.ssmc")  # verifies every hash
+        assert m.precision == precision and m.target["name"] == "host" and m.env_id == "Pendulum-v1"
+    aarch64 = arts / "dmm-aarch64-int8.ssmc"
+    assert load_manifest(aarch64).target["name"] == "aarch64"
+    assert _elf_machine(aarch64 / "lib.so") == EM_AARCH64
+    orin = arts / "dmm-jetson-orin-fp32.ssmc"
+    if shutil.which("nvcc"):
+        assert load_manifest(orin).extra["cuda_device_code"] == ["sm_87"]
+    else:
+        assert not orin.exists() and "missing     jetson-orin needs nvcc" in stdout
+    report = tmp_path / "reports" / "quickstart-dmm-host-fp32"
+    for name in ("verify.json", "verify.md", "verify.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0
+    verdict = json.loads((report / "verify.json").read_text())
+    assert verdict["passed"] is True
+    ran = {c["name"]: c["passed"] for c in verdict["checks"]}
+    assert all(ran[k] for k in ("integrity", "recorded", "fresh", "score", "latency", "memory")), ran
+    lines = stdout.rstrip().splitlines()
+    assert lines[-1].startswith("verdict     PASS") and str(report / "verify.md") in lines[-2]
+    assert "| check | result | value | limit | how |" in stdout
+    for p in ("fp32", "int8"):
+        assert f"C runtime   {p}: normalised" in stdout
+    return verdict
+
+
+def test_quickstart_runs_every_stage_to_a_pass_verdict(tmp_path):
+    r = _quickstart(tmp_path, "--size", "2000", "--steps", "20", "--episodes", "1")
+    _check_stages(tmp_path, r.stdout)
 
 
 @pytest.mark.slow
 def test_quickstart_default_budget_learns_the_task(tmp_path):
-    """With the default budget the DMM clearly beats a random policy (normalised 0)."""
-    r = _quickstart(tmp_path, "1500", "5")
-    score = float(r.stdout.split("score       normalised ")[1].split()[0])
+    """With the default budget the DMM clearly beats a random policy (normalised 0), in PyTorch and in C."""
+    r = _quickstart(tmp_path)
+    verdict = _check_stages(tmp_path, r.stdout)
+    score = float(r.stdout.split("PyTorch     normalised ")[1].split()[0])
     assert score > 30, r.stdout
+    assert verdict["runtime_rollout"]["normalized_mean"] > 30
