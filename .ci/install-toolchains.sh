@@ -6,6 +6,10 @@
 #   qemu-user-static                               runs the aarch64 artifacts here:
 #                                                  qemu-aarch64-static -L /usr/aarch64-linux-gnu ./prog
 #
+# Building for aarch64 needs none of this after `pip install -e .` (zig cc from the ziglang wheel links when
+# aarch64-linux-gnu-gcc is absent: ssmc/toolchain.py); running aarch64 code here does. Not installed here:
+# nvcc (the CUDA 13 toolkit), which the jetson-orin target needs; .ci/run checks that it is on PATH.
+#
 # Idempotent: when every package is already installed it does nothing (no apt-get update).
 # Run as root (CI) or with sudo available. Exit status is non-zero if installation fails.
 set -euo pipefail

@@ -315,16 +315,14 @@ EM_AARCH64 = 183
     pytest.param("jetson-orin-cpu", marks=pytest.mark.slow),
 ])
 def test_cross_build_is_an_aarch64_library(target, checkpoints, tmp_path) -> None:
-    t = load_target(target)
-    require_tools(t.cross_compiler)
-    out = compile_checkpoint(checkpoints["dmm"], target, "int8", out=tmp_path / "a.ssmc")
+    out = compile_checkpoint(checkpoints["dmm"], target, "int8", out=tmp_path / "a.ssmc")  # gcc or zig links
     assert _elf_machine(out / "lib.so") == EM_AARCH64
     m = load_manifest(out)
     assert m.target["name"] == target and "reference_max_rel_error" not in m.extra  # not runnable here
 
 
 def test_jetson_orin_build_contains_sm87_device_code(checkpoints, tmp_path) -> None:
-    require_tools("nvcc", "aarch64-linux-gnu-gcc")
+    require_tools("nvcc")  # the host side links with aarch64-linux-gnu-gcc or zig cc, always present
     out = compile_checkpoint(checkpoints["dema-rnn"], "jetson-orin", "fp16", out=tmp_path / "a.ssmc")
     lib = out / "lib.so"
     assert _elf_machine(lib) == EM_AARCH64  # the host side
