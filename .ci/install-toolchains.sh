@@ -5,6 +5,7 @@
 #                                                  used to link aarch64 TVM libraries and the C runtime
 #   qemu-user-static                               runs the aarch64 artifacts here:
 #                                                  qemu-aarch64-static -L /usr/aarch64-linux-gnu ./prog
+#   clang-16 libclang-rt-16-dev (best effort)      libFuzzer + ASan/UBSan for tools/fuzz
 #
 # Building for aarch64 needs none of this after `pip install -e .` (zig cc from the ziglang wheel links when
 # aarch64-linux-gnu-gcc is absent: ssmc/toolchain.py); running aarch64 code here does. Not installed here:
@@ -54,3 +55,14 @@ if [[ ! -d /usr/aarch64-linux-gnu/lib ]]; then
     exit 1
 fi
 echo "install-toolchains: ok ($(aarch64-linux-gnu-gcc -dumpversion), $(qemu-aarch64-static --version | head -n1))"
+
+# clang with libFuzzer and the sanitizer runtimes, for tools/fuzz (the slow fuzz test skips, saying so, without it).
+# Best effort: Debian 12's clang-16 (what the fuzz figures in docs/security.md used), else the distribution's clang.
+if ! command -v clang++-16 >/dev/null 2>&1 && ! command -v clang++ >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    SUDO=(); [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1 && SUDO=(sudo)
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends clang-16 libclang-rt-16-dev \
+        || { "${SUDO[@]}" apt-get update -q && "${SUDO[@]}" apt-get install -y -q --no-install-recommends clang-16 libclang-rt-16-dev; } \
+        || "${SUDO[@]}" apt-get install -y -q --no-install-recommends clang \
+        || echo "install-toolchains: no clang installed; the fuzz test will skip" >&2
+fi
