@@ -82,3 +82,19 @@ def test_importing_the_runtime_loads_no_torch_tvm_or_stage_code() -> None:
     bad = [m for m in loaded if m.startswith((*STAGES, "torch", "tvm")) and m != "tvm_ffi"]
     assert not bad, f"importing ssmc.runtime loaded {bad}"
     assert "ssmc.runtime.verify" in loaded  # the import really happened
+
+
+def test_a_missing_package_is_one_error_line_naming_the_install(tmp_path) -> None:
+    """Without TVM (as after an install that lacks it), `ssmc compile` says what to install in one line."""
+    code = ("import sys\n"
+            "sys.modules['tvm'] = None  # `import tvm` now raises ModuleNotFoundError, as if it were not installed\n"
+            "from ssmc.train.models import build_model, save_checkpoint\n"
+            "extra = {'obs_mean': [0.0] * 3, 'obs_std': [1.0] * 3, 'rtg_scale': 1e-3, 'target_return': 1.0}\n"
+            f"ck = save_checkpoint(build_model('dmm', 3, 1, K=4, hidden=16, n_layer=1, window=3, d_state=8), {str(tmp_path / 'ck')!r}, extra)\n"
+            "from ssmc.cli import cli\n"
+            f"cli(['compile', '--model', str(ck), '--target', 'host', '--out', {str(tmp_path / 'a.ssmc')!r}])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: ssmc compile needs the tvm package, part of ssmc's default install: pip install -e ."]
+    assert "Traceback" not in proc.stderr

@@ -15,6 +15,17 @@ import click
 from ssmc import __version__
 from ssmc.errors import SsmcError
 
+#: Packages an installation may lack, and the install that brings each (pyproject.toml): a command that
+#: needs a missing one stops with one line naming it instead of a ModuleNotFoundError traceback.
+INSTALLS = {
+    **dict.fromkeys(("torch", "tvm", "tvm_ffi", "ziglang", "numba", "gymnasium", "mujoco", "h5py", "safetensors"),
+                    "part of ssmc's default install: pip install -e ."),
+    "minari": "an optional extra: pip install -e '.[minari]'",
+    "ray": "an optional extra: pip install -e '.[sweep]'",
+    **dict.fromkeys(("onnx", "onnxruntime", "onnxscript", "iree"), "an optional extra: pip install -e '.[bench]'"),
+    "mamba_ssm": "an optional extra: pip install -e '.[gpu]'",
+}
+
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
@@ -22,6 +33,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except SsmcError as e:
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except ModuleNotFoundError as e:
+            package = (e.name or "").split(".")[0]
+            if package not in INSTALLS:
+                raise
+            command = f"ssmc {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "ssmc"
+            click.echo(f"error: {command} needs the {package} package, {INSTALLS[package]}", err=True)
             ctx.exit(2)
 
 
