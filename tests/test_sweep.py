@@ -66,6 +66,13 @@ def test_a_tiny_sweep_on_local_ray_then_resumes_from_disk(tiny):
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["step"] == 6
 
+    # raising train.steps extends a finished run from its checkpoint: earlier evaluations are kept
+    longer = {**spec, "steps": 9, "eval_steps": [3, 6, 9]}
+    assert not sw.finished(longer) and sw.finished(spec)
+    extended = sw.run_one(longer)
+    assert [e["step"] for e in extended["evals"]] == [3, 6, 9] and extended["evals"][:2] == resumed["evals"]
+    assert extended["steps"] == 9 and json.loads((run / "trainer_state.json").read_text())["step"] == 9
+
 
 def test_expand_builds_the_grid_and_applies_the_budget(tmp_path):
     cfg = sw.load_sweep(str(Path(__file__).parents[1] / "ssmc" / "configs" / "sweeps" / "hopper-claims.json"))

@@ -161,10 +161,23 @@ def _evals(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def finished(spec: dict[str, Any]) -> bool:
+    """A run is finished when its result.json exists for at least the steps the spec asks. A sweep whose
+    train.steps was raised continues each finished run from its last checkpoint (with the warm-up given
+    explicitly the learning-rate schedule is the same as a run started at the larger count)."""
+    path = Path(spec["out"]) / RESULT
+    if not path.exists():
+        return False
+    try:
+        return int(json.loads(path.read_text()).get("steps", 0)) >= spec["steps"]
+    except (OSError, ValueError):
+        return False
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and evaluate one run; picks up where the run folder left off. Returns its result record."""
     out = Path(spec["out"])
-    if (out / RESULT).exists():
+    if finished(spec):
         return json.loads((out / RESULT).read_text())
     import torch
 
@@ -231,7 +244,7 @@ def run_sweep(config: str | os.PathLike, out: str | os.PathLike | None = None, a
     ensure_datasets(sweep, progress)
     # seed-major: every cell gets its first seed before any gets its second, so a sweep cut short (a
     # session's end) leaves whole seeds of the grid rather than whole models
-    todo = sorted((r for r in runs if not (Path(r["out"]) / RESULT).exists()),
+    todo = sorted((r for r in runs if not finished(r)),
                   key=lambda r: (sweep["seeds"].index(r["seed"]), list(sweep["datasets"]).index(r["dataset"])))
     t0 = time.perf_counter()
     if todo:
@@ -344,7 +357,7 @@ def summarize(sweep: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, An
     missing = []
     for r in runs:
         path = Path(r["out"]) / RESULT
-        if path.exists():
+        if finished(r):
             cells.setdefault((r["model_key"], r["dataset"]), []).append(json.loads(path.read_text()))
         else:
             missing.append(r["key"])

@@ -33,13 +33,13 @@ def sweep(config: str, out: str | None, address: str | None, parallel: int | Non
     """
     from pathlib import Path
 
-    from ssmc.train.sweep import RESULT, expand, load_sweep, run_sweep
+    from ssmc.train.sweep import expand, finished, load_sweep, run_sweep
 
     if dry_run:
         cfg = load_sweep(config)
         out_dir = Path(out or Path("runs") / "sweeps" / cfg["name"])
         for r in expand(cfg, out_dir):
-            state = "done" if (Path(r["out"]) / RESULT).exists() else "todo"
+            state = "done" if finished(r) else "todo"
             click.echo(f"{state}  {r['key']:<40} {r['config']:<28} {r['steps']} steps, evals at {r['eval_steps']}")
         return
     summary = run_sweep(config, out, address=address, parallel=parallel, nice=nice, progress=not as_json, doc=doc)
