@@ -140,7 +140,7 @@ def main() -> None:
             "the CPU-time columns are the steadier ones).",
             "",
             "Reproduce: `python tools/bench/train_throughput.py --threads "
-            f"{args.threads} --steps {args.steps} --out {args.out}`",
+            f"{args.threads} --steps {args.steps} --warmup {args.warmup} --out {args.out}`",
             "",
             "| model | K | params | torch scan: ms / step (CPU) | fused scan: ms / step (CPU) | speed-up (CPU) "
             "| torch scan wall ms | fused scan wall ms |",
