@@ -55,10 +55,7 @@ def _spread(dataset, summary: dict) -> dict:
     p5, p50, p95 = (float(v) for v in np.percentile(returns, [5, 50, 95]))
     out = {"return_p5": p5, "return_p50": p50, "return_p95": p95}
     if summary.get("normalized_mean") is not None and summary.get("env_id"):
-        try:  # the env registry's module moved to ssmc/envs.py (issue 15); either location
-            from ssmc.envs import resolve_env
-        except ImportError:
-            from ssmc.train.envs import resolve_env
+        from ssmc.envs import resolve_env
         spec = resolve_env(summary["env_id"])
         out.update({f"normalized_{k}": spec.normalized(v) for k, v in (("p5", p5), ("p50", p50), ("p95", p95))})
     return out
