@@ -321,7 +321,7 @@ def test_the_schema_file_is_what_both_readers_use() -> None:
 
     Draft202012Validator.check_schema(schema())
     assert schema_path() == ROOT / "runtime" / "c" / "manifest.schema.json"
-    compiled_in = (runtime_bundle().dir / "ssmc_schema.inc").read_text()
+    compiled_in = (runtime_bundle().dir / "obj" / "ssmc_schema.inc").read_text()
     assert compiled_in == 'R"SSMC_SCHEMA(' + schema_path().read_text() + ')SSMC_SCHEMA"\n'
 
 

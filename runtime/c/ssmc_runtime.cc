@@ -3,10 +3,12 @@
 // directly; a VM artifact's library is run by the plugin libssmc_vm.so (ssmc_vm.h, ssmc_vm.cc), which
 // this library dlopens from its own directory the first time a VM artifact is opened.
 //
-// Sections: SHA-256 | errors and small helpers | JSON | manifest reading and artifact verification |
-// executors (static, VM plugin) | the policy (buffers, one step, commit) | the C API. The manifest's
-// schema and the checks mirror ssmc/artifact.py (docs/artifact.md); tests/test_runtime.py holds the
-// two to the same verdicts on the same tampered artifacts.
+// Sections: SHA-256 | errors and small helpers | JSON | the manifest schema (manifest.schema.json, compiled
+// in) | manifest reading, signatures and artifact verification | executors (static, VM plugin) | the policy
+// (buffers, one step, commit) | the C API. The schema and the rules between fields are those of
+// ssmc/artifact/schema.py, in the same order and words; tests/test_security.py runs the bad-manifest corpus
+// (tests/manifest_corpus) through both and requires identical messages, and tests/test_runtime.py holds the
+// two to the same verdicts on tampered artifacts. docs/security.md has the threat model.
 
 #include "ssmc.h"
 #include "ssmc_static_abi.h"
