@@ -307,36 +307,124 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
 _EXP_LO, _EXP_HI = -87.33, 88.0
 
 
+def _exp_expr(x: Any, dtype: str) -> Any:
+    """Cephes ``expf`` of the PrimExpr ``x`` as arithmetic (see ``fast_exp_te``)."""
+    from tvm import tirx
+
+    const = lambda c: tirx.const(c, dtype)  # noqa: E731
+    # v, n and f are let-bound: written as a tree, f appears 8 times in the polynomial and v and n in
+    # every f, and inlined into a fused kernel the tree was evaluated whole (DeMa's SSM update kernels
+    # took ~3x the arithmetic they need); bound once, each is computed once per element
+    v = tirx.Var("exp_v", dtype)
+    n = tirx.Var("exp_n", dtype)
+    f = tirx.Var("exp_f", dtype)
+    p = const(_EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        p = p * f + const(c)
+    y = (p * f * f + f + const(1.0)) * tirx.reinterpret(dtype, (n.astype("int32") + 127) << 23)
+    body = tirx.Let(f, v - n * const(_LN2_HI) - n * const(_LN2_LO), y)
+    body = tirx.Let(n, tirx.floor(v * const(1.4426950408889634) + const(0.5)), body)
+    return tirx.Let(v, tirx.max(tirx.min(x, const(_EXP_HI)), const(_EXP_LO)), body)
+
+
 def fast_exp_te(x: Any) -> Any:
     """``exp`` as arithmetic (TE compute): Cephes range reduction ``x = n ln2 + f``, a degree-7
     polynomial for ``e^f``, and ``2^n`` built in the exponent bits. Vectorises, unlike the libm call
     ``exp`` lowers to. ``topi.fast_exp`` is the same polynomial with a one-constant reduction
     (``f = x - n * ln2``), which loses accuracy as |x| grows; the split constant here does not.
     """
+    from tvm import te
+
+    return te.compute(x.shape, lambda *i: _exp_expr(x(*i), x.dtype), name="fast_exp", tag="elemwise")
+
+
+def fast_sigmoid_te(x: Any) -> Any:
+    """``sigmoid(x) = 1 / (1 + e^-x)`` with ``e^-x`` from ``_exp_expr``; its clamp keeps ``e^-x`` finite, so a
+    very negative x gives about 6e-39 rather than 0. NaN gives NaN."""
     from tvm import te, tirx
 
-    def compute(*index: Any) -> Any:
-        dtype = x.dtype
-        const = lambda c: tirx.const(c, dtype)  # noqa: E731
-        # v, n and f are let-bound: written as a tree, f appears 8 times in the polynomial and v and n in
-        # every f, and inlined into a fused kernel the tree was evaluated whole (DeMa's SSM update kernels
-        # took ~3x the arithmetic they need); bound once, each is computed once per element
-        v = tirx.Var("exp_v", dtype)
-        n = tirx.Var("exp_n", dtype)
-        f = tirx.Var("exp_f", dtype)
-        p = const(_EXP_POLY[0])
-        for c in _EXP_POLY[1:]:
-            p = p * f + const(c)
-        y = (p * f * f + f + const(1.0)) * tirx.reinterpret(dtype, (n.astype("int32") + 127) << 23)
-        body = tirx.Let(f, v - n * const(_LN2_HI) - n * const(_LN2_LO), y)
-        body = tirx.Let(n, tirx.floor(v * const(1.4426950408889634) + const(0.5)), body)
-        return tirx.Let(v, tirx.max(tirx.min(x(*index), const(_EXP_HI)), const(_EXP_LO)), body)
+    one = tirx.const(1.0, x.dtype)
 
-    return te.compute(x.shape, compute, name="fast_exp", tag="elemwise")
+    def compute(*i: Any) -> Any:
+        v = tirx.Var("sigmoid_x", x.dtype)  # NaN stays NaN (the clamp inside the exp would hide it)
+        return tirx.Let(v, x(*i), tirx.Select(v == v, one / (one + _exp_expr(-v, x.dtype)), v))
+
+    return te.compute(x.shape, compute, name="fast_sigmoid", tag="elemwise")
+
+
+def fast_silu_te(x: Any) -> Any:
+    """``silu(x) = x · sigmoid(x)`` (Mamba's activation and gate)."""
+    from tvm import te, tirx
+
+    one = tirx.const(1.0, x.dtype)
+
+    def compute(*i: Any) -> Any:
+        v = tirx.Var("silu_x", x.dtype)
+        return tirx.Let(v, x(*i), v / (one + _exp_expr(-v, x.dtype)))
+
+    return te.compute(x.shape, compute, name="fast_silu", tag="elemwise")
+
+
+#: Cephes ``logf``: the minimax polynomial of log(1 + m) for m in [sqrt(1/2) - 1, sqrt(2) - 1].
+_LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+             -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+
+
+def fast_log_te(x: Any) -> Any:
+    """``log`` as arithmetic (TE compute), Cephes ``logf``: ``x = 2^e · m`` read from the bits (m in
+    [sqrt(1/2), sqrt(2))), a degree-9 polynomial for log(m), ``e · ln 2`` added with ln 2 split. About
+    1 ulp on normal positive floats; 0 gives -inf, negatives and NaN give NaN, +inf gives +inf, as libm.
+    Subnormal inputs are read as 0 (-inf): the zoo's logs are softplus's log(1 + e^x) >= 0.
+    In the step: softplus (the SSM's Δ), whose ``log`` was a libm call per element.
+    """
+    from tvm import te, tirx
+
+    dtype = x.dtype
+    const = lambda c: tirx.const(c, dtype)  # noqa: E731
+
+    def compute(*index: Any) -> Any:
+        v = tirx.Var("log_v", dtype)
+        bits = tirx.Var("log_bits", "int32")
+        e0 = tirx.Var("log_e0", dtype)  # exponent for the mantissa in [0.5, 1)
+        e = tirx.Var("log_e", dtype)
+        m0 = tirx.Var("log_m0", dtype)  # mantissa in [0.5, 1)
+        m = tirx.Var("log_m", dtype)  # m0 or 2·m0, minus 1: in [sqrt(1/2) - 1, sqrt(2) - 1)
+        z = tirx.Var("log_z", dtype)
+        p = const(_LOG_POLY[0])
+        for c in _LOG_POLY[1:]:
+            p = p * m + const(c)
+        y = m * z * p + e * const(_LN2_LO) - const(0.5) * z + m + e * const(_LN2_HI)
+        # special values from let-bound bit patterns of the input: TVM's C code generator prints inf/nan
+        # constants as ``inff``/``nanf`` and a reinterpreted constant as ``*(float *)&(k)``, which no C
+        # compiler takes (the --emit c bundle). ±0 -> sign | 0xff800000 = -inf; negatives, NaN -> NaN
+        # (quiet bit set); +inf -> +inf
+        neg_inf = tirx.Var("log_neg_inf", "int32")
+        nan = tirx.Var("log_nan", "int32")
+        special = tirx.Select(v == const(0.0), tirx.reinterpret(dtype, neg_inf), tirx.reinterpret(dtype, nan))
+        y = tirx.Select(v > const(0.0), tirx.Select(v > const(3.4028234663852886e38), v, y), special)
+        y = tirx.Let(neg_inf, bits | tirx.const(-0x800000, "int32"), tirx.Let(nan, bits | tirx.const(0x7FC00000, "int32"), y))
+        body = tirx.Let(z, m * m, y)
+        small = m0 < const(0.7071067811865476)
+        body = tirx.Let(m, tirx.Select(small, m0 + m0 - const(1.0), m0 - const(1.0)), body)
+        body = tirx.Let(e, tirx.Select(small, e0 - const(1.0), e0), body)
+        body = tirx.Let(m0, tirx.reinterpret(dtype, (bits & tirx.const(0x007FFFFF, "int32"))
+                                             | tirx.const(0x3F000000, "int32")), body)
+        body = tirx.Let(e0, ((bits >> 23) & tirx.const(0xFF, "int32")).astype(dtype) - const(126.0), body)
+        body = tirx.Let(bits, tirx.reinterpret("int32", v), body)
+        return tirx.Let(v, x(*index), body)
+
+    return te.compute(x.shape, compute, name="fast_log", tag="elemwise")
+
+
+#: relax ops the ``fast-exp`` stage replaces (fp32 only), and their TE arithmetic.
+FAST_MATH = {"relax.exp": (fast_exp_te, "fast_exp"), "relax.sigmoid": (fast_sigmoid_te, "fast_sigmoid"),
+             "relax.nn.silu": (fast_silu_te, "fast_silu"), "relax.log": (fast_log_te, "fast_log")}
 
 
 def fast_exp_pass() -> Any:
-    """A module pass: every fp32 ``relax.exp`` becomes ``fast_exp_te`` (legalised like any TE op).
+    """A module pass: every fp32 ``relax.exp``, ``sigmoid``, ``nn.silu`` and ``log`` becomes its arithmetic
+    form in ``FAST_MATH`` (legalised like any TE op), so that it vectorises instead of calling libm per
+    element: the SSM's exp(Δ·A), softplus's exp and log (Δ), and the sigmoids of SiLU and Mamba's gate.
 
     TVM's ``relax.transform.FastMathTransform`` also does this (with ``topi.fast_exp``), but swaps
     ``tanh`` (the action head) for a rational approximation too; measured here, the two together
@@ -350,9 +438,9 @@ def fast_exp_pass() -> Any:
     class _Exp(PyExprMutator):
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.exp"
-                    and str(call.ty.dtype) == "float32"):
-                return self.builder_.call_te(fast_exp_te, call.args[0], primfunc_name_hint="fast_exp")
+            if isinstance(call.op, tvm.ir.Op) and call.op.name in FAST_MATH and str(call.ty.dtype) == "float32":
+                te_func, name = FAST_MATH[call.op.name]
+                return self.builder_.call_te(te_func, call.args[0], primfunc_name_hint=name)
             return call
 
     @tvm.transform.module_pass(opt_level=0, name="SsmcFastExp")
