@@ -346,8 +346,11 @@ def fast_sigmoid_te(x: Any) -> Any:
     one = tirx.const(1.0, x.dtype)
 
     def compute(*i: Any) -> Any:
-        v = tirx.Var("sigmoid_x", x.dtype)  # NaN stays NaN (the clamp inside the exp would hide it)
-        return tirx.Let(v, x(*i), tirx.Select(v == v, one / (one + _exp_expr(-v, x.dtype)), v))
+        # NaN stays NaN (the clamp inside the exp would hide it): tested on the bits, since the
+        # simplifier folds ``v == v`` to true
+        v = tirx.Var("sigmoid_x", x.dtype)
+        is_nan = (tirx.reinterpret("int32", v) & tirx.const(0x7FFFFFFF, "int32")) > tirx.const(0x7F800000, "int32")
+        return tirx.Let(v, x(*i), tirx.Select(is_nan, v, one / (one + _exp_expr(-v, x.dtype))))
 
     return te.compute(x.shape, compute, name="fast_sigmoid", tag="elemwise")
 

@@ -171,6 +171,48 @@ def test_fast_exp_matches_numpy() -> None:
     assert np.all(got >= 0) and got.max() <= np.exp(88.0) * (1 + 1e-6)  # saturates at e^88
 
 
+def _run_elementwise(te_func, xs: np.ndarray) -> np.ndarray:
+    import tvm
+    from tvm import te
+
+    x = te.placeholder(xs.shape, "float32", name="x")
+    func = te.create_prim_func([x, te_func(x)]).with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=load_target("host").tvm_target())
+    out = tvm.runtime.tensor(np.zeros_like(xs))
+    lib(tvm.runtime.tensor(xs), out)
+    return out.numpy().astype(np.float64)
+
+
+def test_fast_log_matches_numpy_and_keeps_ieee_special_values() -> None:
+    from ssmc.compile.tuning import fast_log_te
+
+    xs = np.concatenate([np.exp(np.linspace(-85.0, 88.0, 4000)), 1 + np.logspace(-7, -1, 500),
+                         1 - np.logspace(-7, -1, 500)]).astype(np.float32)
+    got, want = _run_elementwise(fast_log_te, xs), np.log(xs.astype(np.float64))
+    assert np.abs(got - want).max() <= 8e-6  # under one fp32 ulp of |log x| <= 88
+    assert np.all(np.abs(got - want) <= 2e-7 * np.maximum(np.abs(want), 1e-6) + 1e-12)
+    special = np.array([0.0, -0.0, -1.0, -np.inf, np.inf, np.nan], np.float32)
+    got = _run_elementwise(fast_log_te, special)
+    assert got[0] == -np.inf and got[1] == -np.inf and got[4] == np.inf
+    assert np.all(np.isnan(got[[2, 3, 5]]))
+
+
+def test_fast_sigmoid_and_silu_match_numpy_and_propagate_nan() -> None:
+    from ssmc.compile.tuning import fast_sigmoid_te, fast_silu_te
+
+    xs = np.concatenate([np.linspace(-80.0, 80.0, 4001), [np.nan, np.inf, -np.inf]]).astype(np.float32)
+    x64 = xs.astype(np.float64)
+    with np.errstate(all="ignore"):
+        sig, silu = 1 / (1 + np.exp(-x64)), x64 / (1 + np.exp(-x64))
+    finite = np.isfinite(xs)
+    for te_func, want in ((fast_sigmoid_te, sig), (fast_silu_te, silu)):
+        got = _run_elementwise(te_func, xs)
+        big = finite & (np.abs(want) > 1e-30)
+        assert np.abs(got[big] - want[big]).max() <= 2e-7 * np.abs(want[big]).max()
+        assert np.isnan(got[-3])  # NaN in, NaN out (the exp's clamp must not hide it)
+    assert _run_elementwise(fast_sigmoid_te, xs)[-2] == 1.0
+
+
 def test_default_and_scheduled_builds_agree(tmp_path) -> None:
     """The benchmark's "before" build (schedule=False) and the shipped one compute the same step."""
     import tvm
