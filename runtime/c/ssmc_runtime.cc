@@ -1280,8 +1280,8 @@ std::map<std::string, uint64_t> ListFiles(const std::string& root) {
   return present;
 }
 
-// This CPU's feature flags (/proc/cpuinfo's "flags" on x86-64, "Features" on aarch64); false when unknown
-// (no /proc: nothing is checked).
+// This CPU's feature flags (/proc/cpuinfo's "flags" on x86-64, "Features" on aarch64); false when unknown:
+// no /proc, or a cpuinfo without this architecture's line (qemu-user shows the host's), and nothing is checked.
 bool CpuFlags(std::vector<std::string>* flags) {
   Fd f(::open("/proc/cpuinfo", O_RDONLY | O_CLOEXEC));
   if (f.fd < 0) return false;
@@ -1293,7 +1293,11 @@ bool CpuFlags(std::vector<std::string>* flags) {
     if (got <= 0 || text.size() > (4u << 20)) break;
     text.append(buf, static_cast<size_t>(got));
   }
-  for (const char* key : {"flags", "Features"}) {
+#if defined(__aarch64__)
+  for (const char* key : {"Features"}) {
+#else
+  for (const char* key : {"flags"}) {
+#endif
     const std::string k(key);
     for (size_t at = 0; (at = text.find(k, at)) != std::string::npos; ++at) {
       if (at != 0 && text[at - 1] != '\n') continue;

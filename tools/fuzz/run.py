@@ -58,13 +58,34 @@ def run_one(binary: Path, work: Path, seeds: Path | None, seconds: int, env: dic
             "summary": [line for line in log.splitlines() if line.startswith(("SUMMARY:", "==ERROR", "ERROR:"))][:5]}
 
 
+def write_doc(doc: Path, res: dict) -> None:
+    """The figures as a table between docs/security.md's fuzz markers."""
+    rows = ["| harness | seconds | executions | per second | corpus files at the end | new units | peak RSS | findings |",
+            "|---|---|---|---|---|---|---|---|"]
+    for h in res["harnesses"]:
+        rows.append(f"| `{h['harness']}` | {h['seconds']:.0f} | {h['executions']:,} | {h['execs_per_sec']:,} | "
+                    f"{h['corpus_files']:,} | {h['new_units']:,} | {h['peak_rss_mb']} MB | "
+                    f"{len(h['findings']) or 'none'} |")
+    begin, end = "<!-- fuzz:begin -->", "<!-- fuzz:end -->"
+    text = doc.read_text()
+    head, rest = text.split(begin, 1)
+    doc.write_text(head + begin + "\n" + "\n".join(rows) + "\n" + end + rest.split(end, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--artifact", required=True, help="a static artifact directory (seeds, and what fuzz_act steps)")
+    ap.add_argument("--artifact", help="a static artifact directory (seeds, and what fuzz_act steps)")
     ap.add_argument("--seconds", type=int, default=60, help="per harness")
     ap.add_argument("--work", default="build/fuzz", help="build and corpus folder")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--doc", default=None, help="with --from-json: write the table into this markdown file")
+    ap.add_argument("--from-json", default=None, help="a result JSON to put in --doc (nothing is run)")
     args = ap.parse_args(argv)
+    if args.doc:
+        write_doc(Path(args.doc), json.loads(Path(args.from_json).read_text()))
+        return 0
+    if not args.artifact:
+        ap.error("--artifact is required")
     work = Path(args.work).resolve()
     compiler = build(work / "bin")
     seeds = work / "seeds"
