@@ -155,22 +155,22 @@ def _aarch64_libs(say: Callable[[str], None]) -> _TvmLibs:
     return libs
 
 
-def _key(arch: str, libs: _TvmLibs, cxx: str) -> str:
+def _key(arch: str, libs: _TvmLibs | None, cxx: str) -> str:
     h = hashlib.sha256(arch.encode())
     src = source_dir()
     for path in sorted(p for p in src.rglob("*") if p.is_file() and "build" not in p.parts):
         h.update(path.relative_to(src).as_posix().encode())
         h.update(path.read_bytes())
-    for lib in (libs.tvm_libdir / "libtvm_runtime.so", libs.ffi_libdir / "libtvm_ffi.so"):
+    for lib in () if libs is None else (libs.tvm_libdir / "libtvm_runtime.so", libs.ffi_libdir / "libtvm_ffi.so"):
         st = lib.stat()
         h.update(f"{lib}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
     return h.hexdigest()[:16]
 
 
-def _cross_prefix(arch: str) -> str:
-    """The cross toolchain's tool prefix (ssmc/toolchain.py): Debian's ``aarch64-linux-gnu-`` when its gcc
-    and g++ are installed, else zig's wrappers from the ziglang wheel."""
+def _cross_prefix(arch: str) -> tuple[str, str]:
+    """The cross toolchain's tool prefix and kind (ssmc/toolchain.py): Debian's ``aarch64-linux-gnu-`` when its
+    gcc and g++ are installed (``gnu``), else zig's wrappers from the ziglang wheel (``zig``)."""
     from ssmc.errors import ConfigError
     from ssmc.toolchain import c_toolchain, zig_available
 
@@ -180,7 +180,7 @@ def _cross_prefix(arch: str) -> str:
             tc = c_toolchain(arch, prefer="zig")
     except ConfigError as e:
         raise RuntimeBuildError(f"building the {arch} runtime: {e}") from e
-    return tc.prefix
+    return tc.prefix, tc.kind
 
 
 def runtime_bundle(arch: str | None = None, *, rebuild: bool = False,
@@ -190,22 +190,31 @@ def runtime_bundle(arch: str | None = None, *, rebuild: bool = False,
     arch = arch or host_arch()
     if arch not in ARCHES:
         raise RuntimeBuildError(f"unknown runtime architecture {arch!r}; known: {', '.join(ARCHES)}")
-    cross = _cross_prefix(arch) if arch != host_arch() else ""
+    cross, kind = _cross_prefix(arch) if arch != host_arch() else ("", "host")
     cxx = f"{cross}g++"
     for tool in (cxx, f"{cross}gcc", "make"):
         if shutil.which(tool) is None:
             raise RuntimeBuildError(f"building the {arch} runtime needs {tool} ({_TOOLCHAIN_HINT})")
-    libs = _host_libs() if arch == host_arch() else _aarch64_libs(say)
+    # zig links C++ against its own libc++, TVM's aarch64 runtime libraries against GNU libstdc++: a VM plugin
+    # built by zig crashes on the first call across that boundary (measured under qemu), so a zig bundle is
+    # the core alone: libssmc.so and ssmc_control, which run static artifacts (VM ones are refused in one line).
+    core_only = kind == "zig"
+    libs = None if core_only else _host_libs() if arch == host_arch() else _aarch64_libs(say)
     out = _cache_root() / "runtime" / f"{arch}-{_key(arch, libs, cxx)}"
     bundle = RuntimeBundle(arch, out)
-    if not rebuild and all(p.is_file() for p in (bundle.library, bundle.vm_plugin, bundle.control)):
+    needed = (bundle.library, bundle.control) if core_only else (bundle.library, bundle.vm_plugin, bundle.control)
+    if not rebuild and all(p.is_file() for p in needed):
         return bundle
-    say(f"building the ssmc runtime for {arch} in {out}")
+    say(f"building the ssmc runtime for {arch} in {out}"
+        + (" with zig: static artifacts only (VM artifacts need g++-aarch64-linux-gnu)" if core_only else ""))
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = ["make", "-s", "-C", str(source_dir()), f"OUT={staging}", f"CROSS={cross}",
-           f"TVM_LIBDIR={libs.tvm_libdir}", f"FFI_LIBDIR={libs.ffi_libdir}", f"FFI_INCLUDE={libs.ffi_include}",
            f"SSMC_VERSION={_version('ssmc')}"]
+    if core_only:
+        cmd.append("core")
+    else:
+        cmd += [f"TVM_LIBDIR={libs.tvm_libdir}", f"FFI_LIBDIR={libs.ffi_libdir}", f"FFI_INCLUDE={libs.ffi_include}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)

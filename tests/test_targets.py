@@ -308,3 +308,24 @@ def test_zig_wrapper_drops_gnu_only_linker_options(tmp_path) -> None:
                    check=True, capture_output=True)
     assert _elf_machine(lib) == EM_AARCH64 and not _elf_has_symtab(lib)
     assert subprocess.run([tc.strip, str(lib)], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_aarch64_runtime_bundle_built_by_zig_runs_static_artifacts(tiny_dmm, tmp_path, monkeypatch) -> None:
+    """With zig (no Debian g++), the aarch64 bundle is the core: it runs a static artifact under qemu and
+    refuses a VM one in one line (zig's libc++ cannot host TVM's libstdc++ runtime)."""
+    from ssmc.compile import compile_checkpoint
+    from ssmc.runtime import runtime_bundle
+
+    require_tools("qemu-aarch64-static")
+    monkeypatch.setenv("SSMC_CROSS", "zig")
+    bundle = runtime_bundle("aarch64")
+    assert bundle.library.is_file() and bundle.control.is_file() and not bundle.vm_plugin.exists()
+    static = compile_checkpoint(tiny_dmm, "aarch64", "fp32", out=tmp_path / "static.ssmc")
+    proc = subprocess.run(bundle.command(str(static), "--steps", "5"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["errors"] == 0 and summary["target"] == "aarch64"
+    vm = compile_checkpoint(tiny_dmm, "aarch64", "fp32", executor="vm", out=tmp_path / "vm.ssmc")
+    proc = subprocess.run(bundle.command(str(vm), "--steps", "5"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "libssmc_vm.so" in proc.stderr
