@@ -57,7 +57,7 @@ typedef struct {
 static void usage(void) {
   fprintf(stderr,
           "usage: ssmc_control ARTIFACT [--rate HZ] [--steps N] [--target-return R] [--print-actions] [--realtime]\n"
-          "                    [--rss-every N]   (print \"rss STEP KB\" to stderr every N steps: soak tests)\n"
+          "                    [--rss-every N]   (print \"rss STEP KB MEAN_US MAX_US\" to stderr every N steps: soak tests)\n"
           "       ssmc_control ARTIFACT --connect HOST:PORT [--rate HZ] [--realtime]\n");
 }
 
@@ -176,7 +176,15 @@ static int run_standalone(const Options *o, ssmc_policy *p, Stats *s) {
       for (size_t i = 0; i < act_dim; ++i) printf("%s%.9g", i ? " " : "", action[i]);
       printf("\n");
     }
-    if (o->rss_every > 0 && (t + 1) % o->rss_every == 0) fprintf(stderr, "rss %ld %ld\n", t + 1, rss_kb());
+    if (o->rss_every > 0 && (t + 1) % o->rss_every == 0) { /* RSS, and this window's latency mean and max */
+      int64_t sum = 0, max = 0;
+      for (long k = s->steps - o->rss_every; k < s->steps; ++k) {
+        sum += s->latency_ns[k];
+        if (s->latency_ns[k] > max) max = s->latency_ns[k];
+      }
+      fprintf(stderr, "rss %ld %ld %.3f %.3f\n", t + 1, rss_kb(), (double)sum / (double)o->rss_every / 1e3,
+              (double)max / 1e3);
+    }
     const int64_t deadline = tick + period;
     if (t1 > deadline) {
       ++s->misses;
