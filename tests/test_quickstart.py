@@ -38,7 +38,7 @@ def _check_stages(tmp_path: Path, stdout: str) -> dict:
     assert (ck / "model.safetensors").is_file() and (ck / "train_log.csv").is_file()
     config = json.loads((ck / "config.json").read_text())
     assert config["model"] == "dmm" and config["extra"]["env_id"] == "Pendulum-v1"
-    arts = tmp_path / "artifacts"
+    arts = tmp_path / "artifacts" / "quickstart"
     for precision in ("fp32", "int8"):
         m = load_manifest(arts / f"dmm-host-{precision}.ssmc")  # verifies every hash
         assert m.precision == precision and m.target["name"] == "host" and m.env_id == "Pendulum-v1"

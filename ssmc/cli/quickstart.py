@@ -90,7 +90,7 @@ def quickstart(workdir: str, steps: int, episodes: int, size: int, cross: bool) 
     cfg = TrainConfig(steps=steps, warmup_steps=min(100, max(steps // 10, 1)), save_every=max(steps // 2, 1))
     fit = Trainer("dmm", data, ckpt, cfg, dataset_path=str(data_path), env_id=ENV).fit(progress=True)
 
-    arts = root / "artifacts"
+    arts = root / "artifacts" / "quickstart"  # apart from the default paths: `ssmc compile` after it works
     crossed: list[tuple[str, str]] = []
     missing: list[str] = []
     jobs: list[tuple[str, str, Future]] = []
