@@ -10,8 +10,9 @@
                     and produces fp32; everything else (norms, exp/softplus, the SSM state, A, Δ) stays fp32
     int8-matmuls    int8 only: ``x @ float(W_int8)`` becomes one mixed-dtype matmul reading the int8
                     weight directly, so no fp32 copy of the weight exists, at compile time or run time
-    fast-exp        CPU only: ``exp`` as a vectorisable polynomial (``tuning.fast_exp_te``) instead of one
-                    libm call per element (the SSM's exp(Δ·A): d_inner x d_state per token and layer)
+    fast-exp        CPU only: ``exp``, ``sigmoid``, ``silu`` and ``log`` as vectorisable arithmetic
+                    (``tuning.FAST_MATH``) instead of one libm call per element (the SSM's exp(Δ·A),
+                    softplus' exp and log for Δ, SiLU and the gate)
     legalize        high-level ops -> TIR functions (``LegalizeOps``), op patterns annotated for fusion
     fold-constants  ``FoldConstant``: weight transposes, normalisation constants, -exp(A_log) precomputed
     fuse            ``FuseOps`` + ``FuseTIR``: elementwise chains merged into their producers
@@ -277,7 +278,7 @@ def stages(target: Target, precision: str, schedule: bool = True, executor: str 
     if cpu_schedule:
         from ssmc.compile.tuning import fast_exp_pass
 
-        out.append(Stage("fast-exp", "exp as a vectorisable polynomial instead of a libm call per element",
+        out.append(Stage("fast-exp", "exp, sigmoid, silu, log as vectorisable arithmetic, not libm calls",
                          fast_exp_pass()))
     out += [
         Stage("legalize", "ops -> TIR functions, fusion patterns annotated",
