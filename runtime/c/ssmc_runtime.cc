@@ -1082,13 +1082,14 @@ bool SafeRelativeName(const std::string& name) {
 // A small regular file read whole (manifest.json, manifest.sig, a key file); refused over max_bytes.
 std::string ReadSmallFile(const std::string& path, const std::string& label, uint64_t max_bytes, bool* missing = nullptr) {
   struct stat st;
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    if (missing != nullptr && errno == ENOENT) {
-      *missing = true;
-      return "";
-    }
-    Fail(SSMC_ERR_ARTIFACT, label + ": missing");
+  errno = 0;
+  const bool found = ::lstat(path.c_str(), &st) == 0;
+  if (!found && missing != nullptr && errno == ENOENT) {
+    *missing = true;
+    return "";
   }
+  if (!found) Fail(SSMC_ERR_ARTIFACT, label + ": missing");
+  if (!S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, label + ": not a regular file (links and devices are refused)");
   if (static_cast<uint64_t>(st.st_size) > max_bytes) Fail(SSMC_ERR_ARTIFACT, label + ": too large");
   Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (f.fd < 0) Fail(SSMC_ERR_ARTIFACT, label + ": cannot be read");
@@ -1271,9 +1272,9 @@ std::map<std::string, uint64_t> ListFiles(const std::string& root) {
       if (::fstatat(::dirfd(d.get()), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) Fail(SSMC_ERR_ARTIFACT, rel + ": cannot be read");
       if (S_ISDIR(st.st_mode)) {
         todo.push_back(rel);
-      } else if (rel != "manifest.json" && rel != kSignatureName) {
-        if (!S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, rel + ": not a regular file (links and devices are refused)");
-        present[rel] = static_cast<uint64_t>(st.st_size);
+      } else {
+        if (!S_ISREG(st.st_mode)) Fail(SSMC_ERR_ARTIFACT, OneLine(rel.c_str()) + ": not a regular file (links and devices are refused)");
+        if (rel != "manifest.json" && rel != kSignatureName) present[rel] = static_cast<uint64_t>(st.st_size);
       }
     }
   }
