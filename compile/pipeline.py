@@ -30,13 +30,13 @@
 ``DIR/NN-name.py`` (TVMScript; constants shown as metadata references) and the executable's
 statistics after ``build``. This is the pipeline of ``relax.get_default_pipeline`` (library
 dispatch, legalize, fold, fuse, dataflow lowering, finalisation) with the precision stages added;
-``tvm.compile(mod, "llvm")`` alone would skip fusion on CPU (FINDINGS.md). On CPU the default
+``tvm.compile(mod, "llvm")`` alone would skip fusion on CPU (docs/design.md, "What the code relies on"). On CPU the default
 pipeline leaves every kernel as LegalizeOps wrote it (naive loops: a 64x256 matmul took 30 µs,
 scheduled 0.7 µs); ``fast-exp`` and ``cpu-schedule`` are ssmc's additions (docs/bench.md, before/after).
 
 Why int8 survives folding: FoldConstant evaluates every expression whose inputs are all constants,
 so ``astype(W_int8, "float32")`` on a constant weight would be folded into an fp32 constant and the
-artifact would store fp32 (measured in the probe FINDINGS.md reports). ``int8-matmuls`` runs first
+artifact would store fp32 (measured; docs/design.md, "FoldConstant undoes int8"). ``int8-matmuls`` runs first
 and removes that cast: ``matmul(x, W_int8, out_dtype="float32")`` depends on the activation ``x``, so
 nothing folds; the per-channel scale multiplies the matmul's output and fuses into its kernel.
 ``lower_step`` refuses an int8 build whose constants hold no int8.

@@ -92,16 +92,8 @@ def test_recurrent_variants_in_models_md() -> None:
         assert _within_printed_precision(text.split()[0], macs, 1e6), (name, macs)
 
 
-#: Files whose owner has yet to repoint a comment at docs/design.md (issue 15's report names them). The test
-#: fails when such a file is fixed, so the exception cannot outlive its reason.
-PENDING = {"compile/pipeline.py"}
-
-
 def test_no_reference_to_notes_outside_the_repository() -> None:
     proc = subprocess.run(["git", "grep", "-n", "-I", "-E", r"DESIGN\.md|MODELS\.md|FINDINGS\.md|\.\./shared|/work/shared",
                            "--", ".", ":!tests/test_docs.py"], cwd=ROOT, capture_output=True, text=True)
     hits = proc.stdout.splitlines()
-    files = {line.split(":", 1)[0] for line in hits}
-    assert files <= PENDING, "references to files outside the repository:\n" + "\n".join(
-        line for line in hits if line.split(":", 1)[0] not in PENDING)
-    assert files == PENDING, f"{sorted(PENDING - files)} no longer cite outside notes: remove them from PENDING"
+    assert not hits, "references to files outside the repository:\n" + "\n".join(hits)
