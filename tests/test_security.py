@@ -301,6 +301,23 @@ def test_ssmc_keygen_sign_and_compile_sign_from_the_command_line(checkpoints, ar
     assert res.exit_code == 2 and "error: " in res.stderr and "obs_std[1]" in res.stderr
 
 
+def test_the_c_control_loop_takes_trusted_keys_through_ssmc_open_with(artifacts, keys, tmp_path) -> None:
+    """ssmc_control --trusted-keys (ssmc_open_with with SSMC_OPEN_NO_ENV): a C program, no Python, no
+    environment variable; the summary names the signing key."""
+    path = _copy(artifacts("dmm"), tmp_path / "a.ssmc")
+    bundle = runtime_bundle()
+    proc = subprocess.run(bundle.command(str(path), "--steps", "3", "--rate", "1000", "--trusted-keys", str(keys["dir"])),
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not signed (no manifest.sig)" in proc.stderr
+    kid = sign_artifact(path, keys["key"])
+    env = _env(keys["other_pub"])  # the option, not the environment, decides
+    proc = subprocess.run(bundle.command(str(path), "--steps", "3", "--rate", "1000", "--trusted-keys", str(keys["dir"])),
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["signed_by"] == kid and summary["steps"] == 3 and summary["errors"] == 0
+
+
 def test_a_signed_tar_keeps_its_signature(artifacts, keys, tmp_path) -> None:
     from ssmc.artifact import pack_tar
 

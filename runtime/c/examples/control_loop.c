@@ -52,12 +52,14 @@ typedef struct {
   int realtime;
   long rss_every;
   const char *connect;
+  const char *trusted_keys;
 } Options;
 
 static void usage(void) {
   fprintf(stderr,
           "usage: ssmc_control ARTIFACT [--rate HZ] [--steps N] [--target-return R] [--print-actions] [--realtime]\n"
           "                    [--rss-every N]   (print \"rss STEP KB MEAN_US MAX_US\" to stderr every N steps: soak tests)\n"
+          "                    [--trusted-keys FILE|DIR]   (open only artifacts signed by these keys; default: SSMC_TRUSTED_KEYS)\n"
           "       ssmc_control ARTIFACT --connect HOST:PORT [--rate HZ] [--realtime]\n");
 }
 
@@ -75,6 +77,7 @@ static int parse_options(int argc, char **argv, Options *o) {
     else if (strcmp(a, "--print-actions") == 0) { o->print_actions = 1; }
     else if (strcmp(a, "--realtime") == 0) { o->realtime = 1; }
     else if (strcmp(a, "--rss-every") == 0 && v) { o->rss_every = atol(v); ++i; }
+    else if (strcmp(a, "--trusted-keys") == 0 && v) { o->trusted_keys = v; ++i; }
     else if (a[0] != '-' && o->artifact == NULL) { o->artifact = a; }
     else { usage(); return -1; }
   }
@@ -143,10 +146,12 @@ static void print_summary(const char *mode, const Options *o, Stats *s, const fl
                           ssmc_policy *p) {
   qsort(s->latency_ns, (size_t)s->steps, sizeof(int64_t), cmp_i64);
   printf("{\"mode\": \"%s\", \"model_kind\": \"%s\", \"precision\": \"%s\", \"target\": \"%s\", \"executor\": \"%s\", "
+         "\"signed_by\": \"%s\", "
          "\"realtime\": %s, \"rate_hz\": %.3f, \"steps\": %ld, \"errors\": %ld, \"deadline_misses\": %ld, "
          "\"latency_us\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f}, "
          "\"rss_after_open_kb\": %ld, \"rss_end_kb\": %ld, \"peak_rss_kb\": %ld, \"last_action\": [",
-         mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), ssmc_info(p, "executor"), s->realtime ? "true" : "false", o->rate_hz, s->steps,
+         mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), ssmc_info(p, "executor"),
+         ssmc_info(p, "signed_by"), s->realtime ? "true" : "false", o->rate_hz, s->steps,
          s->errors, s->misses, percentile_us(s->latency_ns, s->steps, 0.5), percentile_us(s->latency_ns, s->steps, 0.99),
          percentile_us(s->latency_ns, s->steps, 1.0), s->rss_open_kb, rss_kb(), peak_rss_kb());
   for (size_t i = 0; i < act_dim; ++i) printf("%s%.9g", i ? ", " : "", action[i]);
@@ -319,7 +324,9 @@ int main(int argc, char **argv) {
   Options o;
   if (parse_options(argc, argv, &o) != 0) return 2;
   ssmc_policy *p = NULL;
-  if (ssmc_open(o.artifact, &p) != SSMC_OK) {
+  /* --trusted-keys: the options struct (and not the environment) says which keys an artifact must be signed by */
+  ssmc_open_options open_options = {sizeof(ssmc_open_options), SSMC_OPEN_NO_ENV, o.trusted_keys};
+  if (ssmc_open_with(o.artifact, o.trusted_keys ? &open_options : NULL, &p) != SSMC_OK) {
     fprintf(stderr, "error: %s\n", ssmc_last_error(NULL));
     return 2;
   }
