@@ -39,6 +39,25 @@ _HEAD = struct.Struct("<IIII")
 CONNECT_TIMEOUT_S = 120.0  # qemu start-up and TVM's library load under emulation take seconds
 
 
+def _accept_controller(server: socket.socket, controller: subprocess.Popen) -> socket.socket:
+    """The controller's connection; waits up to CONNECT_TIMEOUT_S in short slices, so that a controller that
+    exits first (it refused the artifact, say) is reported at once with its own error line."""
+    deadline = time.perf_counter() + CONNECT_TIMEOUT_S
+    server.settimeout(0.1)
+    while True:
+        try:
+            conn, _ = server.accept()
+            return conn
+        except TimeoutError:
+            pass
+        if controller.poll() is not None:
+            lines = [ln for ln in (controller.stderr.read() or "").strip().splitlines() if ln.strip()]
+            raise ConfigError(f"the controller exited ({controller.returncode}) before connecting: "
+                              f"{lines[-1] if lines else 'no message'}")
+        if time.perf_counter() > deadline:
+            raise ConfigError(f"the controller did not connect within {CONNECT_TIMEOUT_S:.0f} s (still starting)")
+
+
 class _Link:
     """Frames over one TCP connection, with a receive buffer so partial frames survive timeouts."""
 
@@ -129,12 +148,7 @@ def run_hil(artifact: str | os.PathLike[str], env_id: str | None = None, rate_hz
     misses = errors = steps_total = 0
     rtt_ns: list[int] = []
     try:
-        server.settimeout(CONNECT_TIMEOUT_S)
-        try:
-            conn, _ = server.accept()
-        except TimeoutError as e:
-            raise ConfigError(f"the controller did not connect within {CONNECT_TIMEOUT_S:.0f} s: "
-                              f"{controller.stderr.read() if controller.poll() is not None else 'still starting'}") from e
+        conn = _accept_controller(server, controller)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = _Link(conn)
         hello = link.recv(time.perf_counter() + CONNECT_TIMEOUT_S)

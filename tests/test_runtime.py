@@ -614,6 +614,27 @@ def test_hil_refuses_an_artifact_the_controller_cannot_run(artifacts) -> None:
         run_hil(artifacts("dmm"), rate_hz=0, progress=False)
 
 
+def test_hil_reports_a_controller_that_exits_before_connecting() -> None:
+    """A controller that exits before connecting (it refused the artifact, say) is reported with its own last
+    stderr line and exit code, instead of hil waiting out its 120 s connection timeout."""
+    import socket
+
+    from ssmc.errors import ConfigError
+    from ssmc.runtime.hil import _accept_controller
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    code = "import sys; sys.stderr.write('starting\\nssmc_open: refused: not signed\\n'); sys.exit(3)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(ConfigError, match=r"controller exited \(3\) before connecting: ssmc_open: refused"):
+            _accept_controller(server, proc)
+    finally:
+        server.close()
+        proc.wait()
+
+
 @pytest.mark.slow
 def test_hil_with_the_aarch64_controller_under_qemu(checkpoints, tmp_path) -> None:
     from ssmc.runtime.hil import run_hil
