@@ -51,8 +51,8 @@ THREADS_ENV = "SSMC_SCAN_THREADS"  # >1: the kernels split batch rows over that 
 
 def _threads(batch: int) -> int:
     """Threads for the kernels: 1 (the serial kernels) unless SSMC_SCAN_THREADS asks for more. Opt-in:
-    torch's OpenMP workers spin after each op and fight numba's for the cores (a DeMa step on 2 threads
-    of this 2-core shared machine took 7x longer than on one; docs/training-throughput.md)."""
+    torch's OpenMP workers spin after each op and fight numba's for the cores (one try on this 2-core shared
+    machine: a DeMa step on 2 threads took 7x longer than on one; docs/training-throughput.md)."""
     want = min(int(os.environ.get(THREADS_ENV, "1") or 1), batch)
     if want <= 1:
         return 1
