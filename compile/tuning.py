@@ -125,8 +125,13 @@ def _loop_of(sch: Any, block: Any, var: Any) -> Any | None:
 
 
 def _reduction_kind(sch: Any, block: Any) -> str | None:
-    """``outer`` when the block's largest input runs along the output's last axis (a (K, N) weight),
-    ``inner`` when it runs along a reduced axis (``sum_n h[d, n] * C[n]``), else None."""
+    """``outer`` when an input runs along the output's last axis and a reduced one (a (K, N) weight:
+    ``x[m, k] @ W[k, n]``), else ``inner`` when the largest input runs along a reduced axis
+    (``sum_n h[d, n] * C[n]``), else None.
+
+    The weight is looked for first, whatever its size: deciding by the largest input alone sent a window
+    GEMM whose activations outgrow its weight (DMM at K = 40: x 120 x 384 against W 384 x 64) to the
+    inner rule, whose rfactor reads W down its columns: 4.6 ms instead of ~0.1 ms."""
     import math
 
     from tvm import tirx
@@ -139,10 +144,16 @@ def _reduction_kind(sch: Any, block: Any) -> str | None:
         shape = region.source.ty.shape
         return math.prod(int(d) for d in shape) if all(isinstance(d, tirx.IntImm) for d in shape) else 0
 
+    out_last = stmt.writes[0].region[-1].min
+    if spatial and isinstance(out_last, tirx.Var) and out_last.same_as(spatial[-1]):
+        for read in stmt.reads:
+            last = read.region[-1].min
+            if (isinstance(last, tirx.Var) and last.same_as(spatial[-1])
+                    and any(_uses(r.min, reduce) for r in read.region[:-1])):
+                return "outer"
     largest = max(stmt.reads, key=size).region[-1].min
     if _uses(largest, reduce):
         return "inner"
-    out_last = stmt.writes[0].region[-1].min
     if spatial and isinstance(out_last, tirx.Var) and out_last.same_as(spatial[-1]) and _uses(largest, spatial[-1:]):
         return "outer"
     return None
