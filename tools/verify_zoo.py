@@ -32,7 +32,11 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--out", default="docs/verify")
+    ap.add_argument("--table", action="store_true", help="print docs/runtime.md's table from --out/summary.json")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads((Path(args.out) / "summary.json").read_text())))
+        return 0
     rows = []
     for model in args.models:
         for precision in args.precisions:
@@ -58,6 +62,26 @@ def main() -> int:
             with atomic_file(Path(args.out) / "summary.json") as tmp:  # after every row: partial runs keep theirs
                 tmp.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table docs/runtime.md shows for a verify_zoo run."""
+    out = ["| artifact | executor | recorded err | fresh err (200 steps) | score runtime / PyTorch (same seeds) | "
+           "C-loop p50 / p99 at 500 Hz | misses / 2000 | peak RSS | artifact bytes | verdict |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = r["verdict"]
+        c = {x["name"]: x for x in v["checks"]}
+        lat = v["c_loop"]["latency_us"]
+        failed = [n for n, x in c.items() if x["passed"] is False]
+        rt, pt = v["runtime_rollout"], v["pytorch_rollout"]
+        out.append(f"| {r['model']}-host-{r['precision']} ({v['semantics']}) | {v['c_loop']['executor']} | "
+                   f"{c['recorded']['value']:.1e} | {c['fresh']['value']:.1e} | "
+                   f"{rt['normalized_mean']:.2f} / {pt['normalized_mean']:.2f} ({rt['episodes']} eps) | "
+                   f"{lat['p50']:.0f} / {lat['p99']:.0f} µs | {v['c_loop']['deadline_misses']} | "
+                   f"{v['c_loop']['peak_rss_kb'] / 1024:.1f} MiB | {v['artifact_bytes']:,} | "
+                   f"{'PASS' if v['passed'] else 'FAIL (' + ', '.join(failed) + ')'} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
