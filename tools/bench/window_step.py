@@ -210,7 +210,7 @@ def _f(v: Any, nd: int = 0) -> str:
     return f"{v:,.{nd}f}" if isinstance(v, float | int) else str(v)
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
     peers = result["peers"]
     lines = [
         "# Window steps as compiled loops: ssmc against ONNX Runtime and IREE, K = 5 … 160",
@@ -227,6 +227,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Floor: MACs per step / {result['floor']['gemm_gmacs_best']:.1f} GMAC/s (this core's best single-thread "
         f"GEMM rate in this run; GEMV {result['floor']['gemv_gmacs_best']:.1f} GMAC/s).",
         "",
+        *([f"**Note.** {result['note']}", ""] if result.get("note") else []),
         "How ssmc compiles a window step: during export each Mamba layer's scan is one `ssmc::selective_scan` "
         "node (train/models/scan_op.py), and the importer lowers it to one TIR loop (compile/scan_kernel.py) "
         "that walks the 3K tokens with each channel's state in registers and computes exp(Δ·A) as a vectorised "
@@ -263,7 +264,7 @@ def markdown(result: dict[str, Any]) -> str:
     for name, c in result["checks"].items():
         lines.append(f"| {name} | {_f(c['value'], 3 if isinstance(c['value'], float) else 0)} | "
                      f"{'yes' if c['met'] else '**no**'} |")
-    lines += ["", "![latency against K](window-step.png)", ""]
+    lines += ["", f"![latency against K]({png})", ""]
     return "\n".join(lines)
 
 
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(args.from_json.read_text())
         analyse(result)
         with atomic_file(args.doc) as f:
-            f.write_text(markdown(result))
+            f.write_text(markdown(result, args.png.name))
         plot(result, args.png)
         return 0
     import torch
@@ -383,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         f.write_text(json.dumps(result, indent=1) + "\n")
     if not args.no_docs:
         with atomic_file(args.doc) as f:
-            f.write_text(markdown(result))
+            f.write_text(markdown(result, args.png.name))
         plot(result, args.png)
-    print(markdown(result))
+    print(markdown(result, args.png.name))
     return 0
 
 
