@@ -93,7 +93,7 @@ def build_entries(kind: str, K: int, peers: list[str], work: Path, bundle: Any, 
     extra = dict(sl.FRESH_EXTRA)
     ckpt = save_checkpoint(model, work / f"{kind}-K{K}-checkpoint", extra)
     win = model.with_semantics("window").eval()
-    row: dict[str, Any] = {"model": kind, "K": K, "tokens": 3 * K if kind != "dt" else 3 * K,
+    row: dict[str, Any] = {"model": kind, "K": K, "tokens": 3 * K,
                            "params": win.num_params(), "macs_per_step": win.macs_per_step(), "build": {},
                            "max_rel_error_vs_pytorch": {}}
     say(f"{kind} K={K}: {row['params']:,} params, {row['macs_per_step']:,} MACs/step")

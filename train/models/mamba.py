@@ -89,45 +89,44 @@ class Mamba(nn.Module):
         return x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """hidden: (b, l, d_model) -> (b, l, d_model), from a zero state."""
-        if fused_scan_active():
-            return self._forward_batch_major(hidden)
-        L = hidden.shape[1]
+        """hidden: (b, l, d_model) -> (b, l, d_model), from a zero state.
+
+        Inside ssmc's export (``scan_op.fused_scan_export``) the same function is written for a compiler:
+        the causal conv as shifted multiply-adds and the scan as one ``ssmc::selective_scan`` node on
+        (b, l, channels) tensors, so no transposes are exported; otherwise the conv is ``conv1d`` and the
+        scan ``selective_scan`` on mamba_ssm's (b, channels, l) layout (its fused CUDA kernel, our CPU scan).
+        """
+        fused = fused_scan_active()
         xz = self.in_proj(hidden)  # (b, l, 2·d_inner)
         x, z = xz[..., : self.d_inner], xz[..., self.d_inner :]
-        x = x.transpose(1, 2)  # (b, d_inner, l)
         if self.use_conv:
-            x = self.conv1d(x)[..., :L]  # causal: drop the right padding
-        x = F.silu(x)
-        dt, B, C = self._split_xdbl(self.x_proj(x.transpose(1, 2)))  # (b, l, ·)
+            x = self._causal_conv_by_taps(x) if fused else self._causal_conv(x)
+        x = F.silu(x)  # (b, l, d_inner)
+        dt, B, C = self._split_xdbl(self.x_proj(x))  # (b, l, ·)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); bias and softplus inside the scan
+        A, D, bias = -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+        if fused:
+            return self.out_proj(selective_scan_tokens(x, dt, A, B, C, D, z, bias))
         y = selective_scan(
-            x, dt.transpose(1, 2), -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
-            self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
+            z=z.transpose(1, 2), delta_bias=bias, delta_softplus=True,
         )  # (b, d_inner, l)
         return self.out_proj(y.transpose(1, 2))
 
-    def _forward_batch_major(self, hidden: Tensor) -> Tensor:
-        """``forward`` for ssmc's export (``scan_op.fused_scan_export``): the same function, written for a
-        compiler. Every tensor stays (b, l, channels), so no transposes are exported; the causal depthwise
-        conv is its d_conv taps as shifted multiply-adds (one elementwise kernel, vectorised over channels,
-        where a conv1d op lowers to a generic loop nest); the scan is one ``ssmc::selective_scan`` node."""
-        L, di = hidden.shape[1], self.d_inner
-        xz = self.in_proj(hidden)  # (b, l, 2·d_inner)
-        x, z = xz[..., :di], xz[..., di:]
-        if self.use_conv:
-            w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv); tap k reads x[t - (d_conv - 1) + k]
-            padded = F.pad(x, (0, 0, self.d_conv - 1, 0))  # (b, l + d_conv - 1, d_inner), zeros first
-            conv = padded[:, : L] * w[:, 0]
-            for k in range(1, self.d_conv):
-                conv = conv + padded[:, k : k + L] * w[:, k]
-            x = conv if self.conv1d.bias is None else conv + self.conv1d.bias
-        x = F.silu(x)
-        dt, B, C = self._split_xdbl(self.x_proj(x))  # (b, l, ·)
-        dt = F.linear(dt, self.dt_proj.weight)
-        y = selective_scan_tokens(x, dt, -torch.exp(self.A_log.float()), B, C, self.D.float(), z,
-                                  self.dt_proj.bias.float())
-        return self.out_proj(y)
+    def _causal_conv(self, x: Tensor) -> Tensor:
+        """Causal depthwise conv of x (b, l, d_inner) by ``conv1d`` (padded both sides; the right dropped)."""
+        return self.conv1d(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+
+    def _causal_conv_by_taps(self, x: Tensor) -> Tensor:
+        """``_causal_conv`` as its d_conv taps, shifted multiply-adds: one elementwise kernel, vectorised over
+        channels, where a conv1d op lowers to a generic loop nest (export only)."""
+        L = x.shape[1]
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv); tap k reads x[t - (d_conv - 1) + k]
+        padded = F.pad(x, (0, 0, self.d_conv - 1, 0))  # (b, l + d_conv - 1, d_inner), zeros first
+        conv = padded[:, :L] * w[:, 0]
+        for k in range(1, self.d_conv):
+            conv = conv + padded[:, k : k + L] * w[:, k]
+        return conv if self.conv1d.bias is None else conv + self.conv1d.bias
 
     def init_state(self, batch_size: int = 1) -> tuple[Tensor | None, Tensor]:
         """Zero (conv_state, ssm_state) for ``step``; conv_state is None when the conv is removed."""

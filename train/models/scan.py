@@ -99,12 +99,15 @@ def selective_scan_ref(
     return (out, h) if return_last_state else out
 
 
-def _scan_sequential(delta: Tensor, du: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
-    """Plain functional loop, time-major: delta, du (l, b, d); B, C (l, b, n) -> y (l, b, d), h_L (b, d, n).
+def _scan_sequential(delta: Tensor, du: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                     h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Plain functional loop, time-major: delta, du (l, b, d); B, C (l, b, n) -> y (l, b, d), h_L (b, d, n),
+    from ``h0`` (b, d, n) or zeros.
 
-    Used when no gradient is needed and under torch.export/compile: no custom autograd, no in-place ops.
+    Used when no gradient is needed and under torch.export/compile: no custom autograd, no in-place ops;
+    also the eager meaning of ``ssmc::selective_scan`` (scan_op.py).
     """
-    h = delta.new_zeros(delta.shape[1], delta.shape[2], A.shape[1])  # (b, d, n)
+    h = delta.new_zeros(delta.shape[1], delta.shape[2], A.shape[1]) if h0 is None else h0  # (b, d, n)
     ys = []
     for t in range(delta.shape[0]):
         h = h * torch.exp(delta[t, :, :, None] * A) + du[t, :, :, None] * B[t, :, None, :]

@@ -15,7 +15,7 @@ Layouts are batch-major, as the models produce them (no transposes around the op
     -> y: (b, l, d) with y_t = C_t · h_t,  h_L: (b, d, n)
 
 The eager implementation (used when the exported program is run by PyTorch, and as the operator's
-meaning) is the same sequential recurrence as ``scan._scan_sequential``.
+meaning) is ``scan._scan_sequential``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ssmc.train.models.scan import _scan_sequential
 
 _ACTIVE = False
 
@@ -48,14 +50,13 @@ def fused_scan_active() -> bool:
 @torch.library.custom_op("ssmc::selective_scan", mutates_args=())
 def selective_scan_op(delta: Tensor, du: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       h0: Tensor | None) -> tuple[Tensor, Tensor]:
-    """h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δu)_t B_t,  y_t = Σ_n h_t C_t; returns (y (b, l, d), h_L (b, d, n))."""
-    b, L, d = delta.shape
-    h = delta.new_zeros(b, d, A.shape[1]) if h0 is None else h0.clone()
-    ys = []
-    for t in range(L):
-        h = h * torch.exp(delta[:, t, :, None] * A) + du[:, t, :, None] * B[:, t, None, :]
-        ys.append((h * C[:, t, None, :]).sum(-1))
-    return torch.stack(ys, dim=1), h
+    """h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δu)_t B_t,  y_t = Σ_n h_t C_t; returns (y (b, l, d), h_L (b, d, n)).
+
+    ``scan._scan_sequential`` on time-major views (h0 cloned: an operator's outputs may not alias inputs).
+    """
+    y, h = _scan_sequential(delta.transpose(0, 1), du.transpose(0, 1), A, B.transpose(0, 1), C.transpose(0, 1),
+                            None if h0 is None else h0.clone())
+    return y.transpose(0, 1).contiguous(), h
 
 
 @selective_scan_op.register_fake
