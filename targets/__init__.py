@@ -193,6 +193,10 @@ class Target:
              "emulator must be null or a non-empty list of strings (an argv prefix)")
         need(isinstance(d["cpu_features"], list) and all(isinstance(f, str) for f in d["cpu_features"]),
              "cpu_features must be a list of strings")
+        known = _known_cpu_features()
+        unknown = [f for f in d["cpu_features"] if f not in known]
+        need(not unknown, f"cpu_features: unknown {', '.join(map(repr, unknown))} (the runtime checks only "
+                          f"{', '.join(known)})")
         prec = d["precisions"]
         need(isinstance(prec, dict) and "fp32" in prec, "precisions must be a dict that includes fp32")
         for p, level in prec.items():
@@ -253,11 +257,22 @@ def _builtin_files() -> dict[str, Any]:
 
 
 #: Listing order of the built-in targets (others follow, sorted): host first, then by class.
-_ORDER = ("host", "aarch64", "rpi5", "jetson-orin-cpu", "jetson-orin")
+_ORDER = ("host", "host-avx512", "aarch64", "rpi5", "jetson-orin-cpu", "jetson-orin")
+
+
+def _known_cpu_features() -> tuple[str, ...]:
+    """The ``/proc/cpuinfo`` flags an artifact may require: the manifest schema's ``cpu_feature`` enum.
+
+    Checked when a descriptor is loaded, so a misspelt feature is refused before a compile, not when the
+    artifact is written (runtime/c/manifest.schema.json is the one list; the C runtime reads it too).
+    """
+    from ssmc.artifact.schema import schema  # json only: no TVM, no torch
+
+    return tuple(schema()["$defs"]["cpu_feature"]["enum"])
 
 
 def target_names() -> list[str]:
-    """Names of the built-in targets: host, aarch64, rpi5, jetson-orin-cpu, jetson-orin, then any others sorted."""
+    """Names of the built-in targets: host, host-avx512, aarch64, rpi5, jetson-orin-cpu, jetson-orin, then any others sorted."""
     names = set(_builtin_files())
     return [n for n in _ORDER if n in names] + sorted(names - set(_ORDER))
 

@@ -218,6 +218,32 @@ def test_static_library_links_libc_and_libm_only(artifacts) -> None:
     assert "TVMFFIEnv" not in symbols  # no call back into a TVM runtime
 
 
+@pytest.mark.parametrize("kind", ["dema-rnn", "dmm"])
+def test_host_avx512_step_uses_16_float_vectors_and_matches_pytorch(kind, checkpoints, tmp_path) -> None:
+    """The host-avx512 target (x86-64-v4) compiles the static step with 512-bit vectors, the manifest asks
+    for AVX-512, and the step equals PyTorch to the fp32 bound; a CPU without AVX-512 refuses it at open."""
+    from ssmc.runtime import Policy, PolicyError
+    from ssmc.targets import missing_cpu_features
+
+    require_tools("objdump")
+    out = compile_checkpoint(checkpoints[kind], "host-avx512", "fp32", None, tmp_path / f"{kind}.ssmc")
+    m = load_manifest(out)
+    assert m.target["name"] == "host-avx512" and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(
+        m.target["cpu_features"])
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(out / m.library)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "%zmm" in asm
+    lacking = missing_cpu_features("host-avx512")
+    if lacking:  # the runtime refuses before loading code this CPU cannot run
+        with pytest.raises(PolicyError, match="lacks"):
+            Policy(out)
+        return
+    errors = compare_with_pytorch(out, [_torch_step(checkpoints[kind])])
+    assert errors[0] <= BOUNDS["fp32"], errors
+    with Policy(out) as p:
+        assert np.all(np.isfinite(p.act(np.zeros(OBS, np.float32))))
+
+
 def test_emit_c_bundle_builds_with_cc_alone_and_matches_pytorch(checkpoints, tmp_path) -> None:
     """The --emit c bundle, built by its Makefile with the host cc and no TVM header or library anywhere on
     the include or link path, reproduces the PyTorch step over 200 steps carrying its state."""

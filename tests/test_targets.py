@@ -21,7 +21,7 @@ from ssmc.targets import (
     target_names,
 )
 
-REQUIRED = ["host", "aarch64", "rpi5", "jetson-orin-cpu", "jetson-orin"]
+REQUIRED = ["host", "host-avx512", "aarch64", "rpi5", "jetson-orin-cpu", "jetson-orin"]
 
 
 def test_required_targets_exist() -> None:
@@ -129,6 +129,19 @@ def test_missing_cpu_features() -> None:
     assert missing_cpu_features("rpi5", "Features\t: fp asimd evtstrm crc32") == ["asimdhp", "asimddp"]
     assert missing_cpu_features("aarch64", "Features\t: fp asimd") == []
     assert missing_cpu_features("host", "flags\t: fpu sse2 avx avx2 fma f16c bmi2 movbe") == []
+    assert missing_cpu_features("host-avx512", "flags\t: fpu sse2 avx avx2 fma f16c bmi2 movbe avx512f") == [
+        "avx512bw", "avx512dq", "avx512vl"]
+
+
+def test_unknown_cpu_feature_is_refused_when_the_descriptor_loads(tmp_path) -> None:
+    """Before any compile: the runtime could not check a flag the manifest schema does not know."""
+    d = load_target("host").to_dict()
+    d["name"], d["cpu_features"] = "typo", [*d["cpu_features"], "avx512cd", "avx-512f"]
+    p = tmp_path / "typo.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="unknown 'avx512cd', 'avx-512f'") as e:
+        load_target(p)
+    assert "\n" not in str(e.value)
 
 
 def test_cli_targets() -> None:
