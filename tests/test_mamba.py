@@ -104,6 +104,39 @@ def test_forward_equals_sequential_steps(use_conv, d_model, d_state, expand):
     assert err < 2e-6, f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("use_conv", [True, False])
+@pytest.mark.parametrize("L", [1, 3, 5])
+def test_step_tokens_equals_that_many_steps_eager_and_in_the_export_form(use_conv, L):
+    """``step_tokens`` (L tokens at once, the form DeMa-RNN's step exports) from a non-zero state equals L
+    calls of ``step``: eagerly (where it is those calls) and under ``fused_scan_export`` (one chunk: taps
+    over the carried conv inputs, the scan operator from the carried state). L = 5 > d_conv - 1 as well."""
+    from ssmc.train.models.scan_op import fused_scan_export
+
+    torch.manual_seed(1)
+    m = Mamba(32, d_state=16, use_conv=use_conv).eval()
+    x = torch.randn(2, L, 32)
+    conv0, ssm0 = m.init_state(2)
+    conv0 = None if conv0 is None else torch.randn_like(conv0)
+    ssm0 = torch.randn_like(ssm0)
+    with torch.no_grad():
+        conv, ssm, ys = conv0, ssm0, []
+        for t in range(L):
+            y, conv, ssm = m.step(x[:, t], conv, ssm)
+            ys.append(y)
+        want = (torch.stack(ys, 1), conv, ssm)
+        eager = m.step_tokens(x, conv0, ssm0)
+        with fused_scan_export():
+            chunk = m.step_tokens(x, conv0, ssm0)
+    for got in (eager, chunk):
+        for g, w in zip(got, want, strict=True):
+            if w is None:
+                assert g is None
+                continue
+            assert g.shape == w.shape
+            err = (g - w).abs().max() / w.abs().max()
+            assert err < 2e-6, f"relative error {err:.2e}"
+
+
 def test_training_forward_equals_inference_forward():
     torch.manual_seed(0)
     m = Mamba(32, d_state=16)

@@ -75,6 +75,11 @@ class ResidualBlock(nn.Module):
         y, conv, ssm = self.mixer.step(self.norm(x), conv, ssm)
         return x + y, conv, ssm
 
+    def step_tokens(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``step`` over the L tokens of x (b, L, d_model) at once (Mamba.step_tokens)."""
+        y, conv, ssm = self.mixer.step_tokens(self.norm(x), conv, ssm)
+        return x + y, conv, ssm
+
 
 class DeMa(PolicyModel):
     """Transformer-like DeMa: window semantics over the last K timesteps."""
@@ -154,7 +159,10 @@ class DeMaRNN(DeMa):
 
     State: last_rtg, last_action (the next step's R_{t-1}, a_{t-1}) and, per layer i, conv_i
     (B, d_inner, d_conv - 1) and ssm_i (B, d_inner, d_state). Each step feeds its three tokens through
-    the layers one at a time, exactly as ``forward`` scans them.
+    the layers, exactly as ``forward`` scans them. All three are known when the step starts (the previous
+    return-to-go and action, and the observation), so each layer takes them together (layer-major: layer i's
+    token j needs only layer i-1's token j and layer i's state after token j-1): in the export one kernel
+    call per op and layer for the three tokens, and the projections read each weight once per step.
     """
 
     name = "dema-rnn"
@@ -179,11 +187,10 @@ class DeMaRNN(DeMa):
         new = {"last_rtg": rtg}
         convs = [state[f"conv_{i}"] for i in range(len(self.blocks))]
         ssms = [state[f"ssm_{i}"] for i in range(len(self.blocks))]
-        for j in range(3):
-            x = tokens[:, j]
-            for i, block in enumerate(self.blocks):
-                x, convs[i], ssms[i] = block.step(x, convs[i], ssms[i])
-        action = torch.tanh(self.head(self.norm_f(x)))  # x is the s_t token's output
+        x = tokens
+        for i, block in enumerate(self.blocks):
+            x, convs[i], ssms[i] = block.step_tokens(x, convs[i], ssms[i])
+        action = torch.tanh(self.head(self.norm_f(x[:, 2])))  # the s_t token's output
         new["last_action"] = action
         for i in range(len(self.blocks)):
             new[f"conv_{i}"], new[f"ssm_{i}"] = convs[i], ssms[i]

@@ -158,23 +158,31 @@ class DecisionMetaMambaRecurrent(DecisionMetaMamba):
             state[f"ssm_{i}"] = mamba.init_state(batch_size)[1]
         return state
 
-    def _token(self, x: Tensor, dsm: list[Tensor], ssm: list[Tensor]) -> Tensor:
-        """One embedded token (B, h) through every layer, updating dsm and ssm in the lists; -> (B, h)."""
+    def _tokens(self, x: Tensor, dsm: list[Tensor], ssm: list[Tensor]) -> Tensor:
+        """L embedded tokens (B, L, h) through every layer, updating dsm and ssm in the lists; -> (B, L, h).
+
+        Layer-major: layer i's token t needs layer i-1's token t and layer i's state after token t-1, so the
+        L tokens pass each layer together (in the export one kernel call per op and layer for all L, and
+        each weight read once), and the result equals feeding them one at a time.
+        """
+        b, L, w = x.shape[0], x.shape[1], self.config.window
         for i, (mixer, mamba) in enumerate(zip(self.mixers, self.mambas, strict=True)):
             j = 0 if self.config.share_norms else i
-            window = torch.cat([dsm[i], self.ln_1[j](x)[:, None]], dim=1)  # (B, w, h), oldest first
-            x = x + mixer.lin(window.reshape(x.shape[0], -1))
-            dsm[i] = window[:, 1:]
-            y, _, ssm[i] = mamba.step(self.ln_2[j](x), None, ssm[i])
+            window = torch.cat([dsm[i], self.ln_1[j](x)], dim=1)  # (B, w - 1 + L, h), oldest first
+            frames = torch.stack([window[:, t : t + w].reshape(b, -1) for t in range(L)], dim=1)  # (B, L, w·h)
+            x = x + mixer.lin(frames)
+            dsm[i] = window[:, L:]
+            y, _, ssm[i] = mamba.step_tokens(self.ln_2[j](x), None, ssm[i])
             x = x + y
         return x
 
     def step(self, state: State, obs: Tensor, rtg: Tensor) -> tuple[Tensor, State]:
+        """R_t and s_t together (both known), a_t read at s_t, then a_t."""
         n = len(self.mambas)
         dsm, ssm = [state[f"dsm_{i}"] for i in range(n)], [state[f"ssm_{i}"] for i in range(n)]
-        self._token(self._embed(self.embed_return, rtg), dsm, ssm)
-        action = torch.tanh(self.head(self.ln_f(self._token(self._embed(self.embed_state, obs), dsm, ssm))))
-        self._token(self._embed(self.embed_action, action), dsm, ssm)
+        known = torch.stack([self._embed(self.embed_return, rtg), self._embed(self.embed_state, obs)], dim=1)
+        action = torch.tanh(self.head(self.ln_f(self._tokens(known, dsm, ssm)[:, 1])))
+        self._tokens(self._embed(self.embed_action, action)[:, None], dsm, ssm)
         new = {}
         for i in range(n):
             new[f"dsm_{i}"], new[f"ssm_{i}"] = dsm[i], ssm[i]

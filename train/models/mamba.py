@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmc.train.models.scan import selective_scan, ssm_step
-from ssmc.train.models.scan_op import fused_scan_active, selective_scan_tokens, ssm_step_op
+from ssmc.train.models.scan_op import fused_scan_active, selective_scan_op, selective_scan_tokens, ssm_step_op
 
 
 class Mamba(nn.Module):
@@ -88,6 +88,22 @@ class Mamba(nn.Module):
         r, n = self.dt_rank, self.d_state
         return x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
 
+    def _x_proj(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_proj, split into Δ before dt_proj (..., dt_rank), B and C (..., d_state).
+
+        Inside ssmc's export, when 2·d_state >= 64, it is two products, x @ W[:dt_rank]ᵀ and
+        x @ W[dt_rank:]ᵀ: the same dot products, but the second is 2·d_state wide (a multiple of the vector
+        width) where the whole is dt_rank + 2·d_state (DeMa: 132 = 4 · 33, which a compiled kernel can
+        only cover with 4-float vectors). Measured on DeMa's recurrent step for the host target
+        (tools/bench/static_kernels.py): x_proj 30 µs per step whole, ~10 split. For narrow states (DMM: 4 + 32) the extra kernel call costs
+        what the wider vectors save, so the product stays whole.
+        """
+        if not fused_scan_active() or 2 * self.d_state < 64:
+            return self._split_xdbl(self.x_proj(x))
+        r, n, w = self.dt_rank, self.d_state, self.x_proj.weight
+        bc = F.linear(x, w[r:])
+        return F.linear(x, w[:r]), bc[..., :n], bc[..., n:]
+
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden: (b, l, d_model) -> (b, l, d_model), from a zero state.
 
@@ -102,7 +118,7 @@ class Mamba(nn.Module):
         if self.use_conv:
             x = self._causal_conv_by_taps(x) if fused else self._causal_conv(x)
         x = F.silu(x)  # (b, l, d_inner)
-        dt, B, C = self._split_xdbl(self.x_proj(x))  # (b, l, ·)
+        dt, B, C = self._x_proj(x)  # (b, l, ·)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); bias and softplus inside the scan
         A, D, bias = -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
         if fused:
@@ -147,10 +163,47 @@ class Mamba(nn.Module):
                 x = x + self.conv1d.bias
             conv_state = window[:, :, 1:]
         x = F.silu(x)
-        dt, B, C = self._split_xdbl(self.x_proj(x))
+        dt, B, C = self._x_proj(x)
         delta = F.softplus(self.dt_proj(dt))  # (b, d_inner)
         step = ssm_step_op if fused_scan_active() else ssm_step
         y, ssm_state = step(ssm_state, x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float())
+        return self.out_proj(y * F.silu(z)), conv_state, ssm_state
+
+    def step_tokens(
+        self, hidden: Tensor, conv_state: Tensor | None, ssm_state: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``step`` over L tokens known together: hidden (b, L, d_model) -> (y (b, L, d_model), conv_state,
+        ssm_state after the last token). The same function as L calls of ``step``.
+
+        Eagerly it is those L calls. Inside ssmc's export it is written as one chunk: the projections as
+        (L, ·) products (each weight read once for the L tokens), the conv as taps over the carried inputs
+        followed by the new ones, and the scan as one ``ssmc::selective_scan`` node from ``ssm_state``, so
+        the state stays in registers across the L tokens and a step makes one kernel call per op and layer
+        instead of L.
+        """
+        if not fused_scan_active():
+            ys = []
+            for j in range(hidden.shape[1]):
+                y, conv_state, ssm_state = self.step(hidden[:, j], conv_state, ssm_state)
+                ys.append(y)
+            return torch.stack(ys, dim=1), conv_state, ssm_state
+        L = hidden.shape[1]
+        xz = self.in_proj(hidden)  # (b, L, 2·d_inner)
+        x, z = xz[..., : self.d_inner], xz[..., self.d_inner :]
+        if self.use_conv:
+            window = torch.cat([conv_state.transpose(1, 2), x], dim=1)  # (b, d_conv - 1 + L, d_inner), oldest first
+            w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
+            x = window[:, :L] * w[:, 0]
+            for k in range(1, self.d_conv):
+                x = x + window[:, k : k + L] * w[:, k]
+            if self.conv1d.bias is not None:
+                x = x + self.conv1d.bias
+            conv_state = window[:, L:].transpose(1, 2)  # the last d_conv - 1 inputs, (b, d_inner, d_conv - 1)
+        x = F.silu(x)
+        dt, B, C = self._x_proj(x)
+        delta = F.softplus(self.dt_proj(dt))  # (b, L, d_inner)
+        y, ssm_state = selective_scan_op(delta, delta * x, -torch.exp(self.A_log.float()), B, C, ssm_state)
+        y = y + x * self.D.float()
         return self.out_proj(y * F.silu(z)), conv_state, ssm_state
 
     def macs_per_token(self) -> int:
