@@ -37,7 +37,8 @@ OBS, ACT = 5, 2
 SMALL = {
     "dt": {"K": 4, "hidden": 32, "n_layer": 1, "max_ep_len": 50, "dropout": 0.0},
     "dema": {"K": 4, "embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 8},
-    "dema-rnn": {"embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 8},
+    # d_state 32: 2·d_state >= 64, so the export splits x_proj into its dt and B/C rows (mamba.py _x_proj)
+    "dema-rnn": {"embedding_dim": 32, "d_model": 16, "n_layer": 1, "d_state": 32},
     "dmm": {"K": 4, "hidden": 16, "n_layer": 1, "window": 3, "d_state": 8, "dropout": 0.0},
 }
 EXTRA = {  # what the trainer writes, with non-trivial statistics so normalisation in the graph is exercised

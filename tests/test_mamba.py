@@ -106,14 +106,15 @@ def test_forward_equals_sequential_steps(use_conv, d_model, d_state, expand):
 
 @pytest.mark.parametrize("use_conv", [True, False])
 @pytest.mark.parametrize("L", [1, 3, 5])
-def test_step_tokens_equals_that_many_steps_eager_and_in_the_export_form(use_conv, L):
+@pytest.mark.parametrize("d_state", [16, 32])  # 32: the export splits x_proj (2·d_state >= 64)
+def test_step_tokens_equals_that_many_steps_eager_and_in_the_export_form(use_conv, L, d_state):
     """``step_tokens`` (L tokens at once, the form DeMa-RNN's step exports) from a non-zero state equals L
     calls of ``step``: eagerly (where it is those calls) and under ``fused_scan_export`` (one chunk: taps
     over the carried conv inputs, the scan operator from the carried state). L = 5 > d_conv - 1 as well."""
     from ssmc.train.models.scan_op import fused_scan_export
 
     torch.manual_seed(1)
-    m = Mamba(32, d_state=16, use_conv=use_conv).eval()
+    m = Mamba(32, d_state=d_state, use_conv=use_conv).eval()
     x = torch.randn(2, L, 32)
     conv0, ssm0 = m.init_state(2)
     conv0 = None if conv0 is None else torch.randn_like(conv0)

@@ -95,14 +95,19 @@ class Mamba(nn.Module):
         x @ W[dt_rank:]ᵀ: the same dot products, but the second is 2·d_state wide (a multiple of the vector
         width) where the whole is dt_rank + 2·d_state (DeMa: 132 = 4 · 33, which a compiled kernel can
         only cover with 4-float vectors). Measured on DeMa's recurrent step for the host target
-        (tools/bench/static_kernels.py): x_proj 30 µs per step whole, ~10 split. For narrow states (DMM: 4 + 32) the extra kernel call costs
-        what the wider vectors save, so the product stays whole.
+        (tools/bench/static_kernels.py): x_proj 30 µs per step whole, ~10 split. For narrow states
+        (DMM: 4 + 32) the extra kernel call costs what the wider vectors save, so the product stays whole.
+
+        Only a float ``nn.Linear`` is split: slicing compile/quantize.py's int8 weight in the graph makes
+        the compiler fold the slice to an fp32 constant (compile/build.py refuses such a build), so int8
+        keeps the whole product.
         """
-        if not fused_scan_active() or 2 * self.d_state < 64:
-            return self._split_xdbl(self.x_proj(x))
-        r, n, w = self.dt_rank, self.d_state, self.x_proj.weight
-        bc = F.linear(x, w[r:])
-        return F.linear(x, w[:r]), bc[..., :n], bc[..., n:]
+        proj = self.x_proj
+        if not fused_scan_active() or 2 * self.d_state < 64 or type(proj) is not nn.Linear:
+            return self._split_xdbl(proj(x))
+        r, n = self.dt_rank, self.d_state
+        bc = F.linear(x, proj.weight[r:])
+        return F.linear(x, proj.weight[:r]), bc[..., :n], bc[..., n:]
 
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden: (b, l, d_model) -> (b, l, d_model), from a zero state.
