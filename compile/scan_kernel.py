@@ -18,7 +18,7 @@ The kernel, per (batch, channel) ``(bi, di)``, with ``h`` the channel's ``d_stat
     hL[bi, di, :] = h
 
 ``2^w`` is computed as arithmetic that vectorises (``exp2`` lowers to a libm call per lane): ``w = m + g``
-with ``m = round(w)`` and ``g`` in [-1/2, 1/2]; ``2^g = 1 + g·P(g)`` with Cephes' ``exp2f`` degree-6
+with ``m = round(w)`` (by adding and subtracting ``ROUND_MAGIC``) and ``g`` in [-1/2, 1/2]; ``2^g = 1 + g·P(g)`` with Cephes' ``exp2f`` degree-6
 minimax polynomial (about 2 ulp); ``2^m`` is added into the exponent bits.
 
 The exponent is clamped at -60 (Δ > 0 and A < 0, so ``w <= 0``): ``2^w`` is then at least 8.7e-19, and
@@ -44,11 +44,20 @@ EXP2_POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3, 5
 #: Lower clamp of the exponent (see the module docstring: keeps ``h · 2^w`` out of denormals).
 EXP2_LO = -60.0
 LOG2E = 1.0 / math.log(2.0)
+#: 1.5 · 2^23: for |w| < 2^22, w + ROUND_MAGIC (in fp32, round to nearest even) has round(w) in its low
+#: mantissa bits, so (w + M) - M is round(w) and the float's bits shifted left by 23 are 2^round(w)'s
+#: exponent field (the high bits fall off): two adds and a shift, where floor + convert are two slow ops.
+ROUND_MAGIC = 12582912.0
 
 
 def scan_lanes(d_state: int, lanes: int) -> int:
-    """The widest vector (at most ``lanes`` floats) that divides ``d_state``."""
-    while lanes > 1 and d_state % lanes:
+    """The widest vector (at most ``lanes`` floats) that divides ``d_state``; 16-float vectors only when a
+    channel has at least two of them (d_state >= 32).
+
+    Each (token, channel) ends with a sum over the lanes, a chain of dependent adds. With one 16-float
+    vector per channel (DMM: d_state 16) that chain is most of the work: measured with
+    tools/bench/scan_kernel.py, DMM's recurrent call took ~4.0 µs at 16 lanes and ~2.9 at 8."""
+    while lanes > 1 and (d_state % lanes or (lanes > 8 and d_state < 2 * lanes)):
         lanes //= 2
     return max(lanes, 1)
 
@@ -87,15 +96,15 @@ def selective_scan_primfunc(batch: int, length: int, d_inner: int, d_state: int,
                 for c in range(chunks):
                     for j in T.vectorized(v):  # the exponent, clamped, split into m + g
                         w[j] = T.max(delta[bi, t, di] * A2[di, c * v + j], T.float32(lo))
+                    for j in T.vectorized(v):  # w + 1.5·2^23: round(w) in the low mantissa bits
+                        m[j] = w[j] + T.float32(ROUND_MAGIC)
                     for j in T.vectorized(v):
-                        m[j] = T.floor(w[j] + T.float32(0.5))
-                    for j in T.vectorized(v):
-                        w[j] = w[j] - m[j]
+                        w[j] = w[j] - (m[j] - T.float32(ROUND_MAGIC))
                     for j in T.vectorized(v):  # 2^g by the polynomial, times 2^m in the exponent bits
                         e[j] = T.reinterpret("float32", T.reinterpret("int32", T.float32(1) + w[j] * (
                             ((((T.float32(p0) * w[j] + T.float32(p1)) * w[j] + T.float32(p2)) * w[j]
                                + T.float32(p3)) * w[j] + T.float32(p4)) * w[j] + T.float32(p5)))
-                            + T.shift_left(T.Cast("int32", m[j]), 23))
+                            + T.shift_left(T.reinterpret("int32", m[j]), 23))
                     for j in T.vectorized(v):
                         h[c * v + j] = h[c * v + j] * e[j] + du[bi, t, di] * B[bi, t, c * v + j]
                     for j in T.vectorized(v):

@@ -184,3 +184,20 @@ def test_static_step_floor_interleaving_and_report(static_step, tmp_path) -> Non
     assert "| dmm | fp32 |" in text and "floor" in text
     static_step.plot(result, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_scan_kernel_bench_times_current_against_a_baseline(tmp_path, capsys) -> None:
+    """tools/bench/scan_kernel.py: the kernel built per target, timed beside a baseline version of
+    compile/scan_kernel.py (here the same file: identical outputs), and a clear error for a wrong file."""
+    spec = importlib.util.spec_from_file_location("scan_kernel_bench", ROOT / "tools" / "bench" / "scan_kernel.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.run(["host"], ["dmm-recurrent"], ROOT / "compile" / "scan_kernel.py", rounds=2, number=3, seed=0)
+    (row,) = [r for r in res["rows"] if r["version"] == "current"]
+    assert row["elements"] == 2 * 128 * 16 and row["lanes"] == 8
+    assert np.isfinite(row["us_p50"]) and row["us_p50"] > 0 and row["max_rel_diff_vs_baseline"] == 0.0
+    assert "baseline ÷ current" in mod.markdown(res, "cmd")
+    bad = tmp_path / "not_a_kernel.py"
+    bad.write_text("x = 1\n")
+    with pytest.raises(SystemExit, match="no selective_scan_primfunc"):
+        mod.run(["host"], ["dmm-recurrent"], bad, rounds=1, number=1, seed=0)

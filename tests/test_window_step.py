@@ -193,3 +193,10 @@ def test_scan_kernel_matches_the_operator(b, L, d, n, lanes, with_h0) -> None:
         assert np.all(np.isfinite(got))
         assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
     assert scan_lanes(n, lanes) in (1, 2, 4, 8, 16) and n % scan_lanes(n, lanes) == 0
+
+
+def test_scan_lanes_keeps_two_vectors_per_channel_at_16_lanes() -> None:
+    """16-float vectors only for d_state >= 32 (one vector per channel makes the lane sum the chain);
+    otherwise the widest vector that divides d_state."""
+    assert [scan_lanes(n, 16) for n in (64, 32, 16, 8, 12, 7)] == [16, 16, 8, 8, 4, 1]
+    assert [scan_lanes(n, 8) for n in (64, 16, 8, 12)] == [8, 8, 8, 4]
