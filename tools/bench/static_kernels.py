@@ -46,6 +46,8 @@ def gemv_rate(seconds: float = 0.5) -> float:
 
 
 def kind_of(name: str) -> str:
+    if name.startswith("selective_scan"):  # compile/scan_kernel.py: exp(Δ·A), the state FMA and C·h in one loop
+        return "SSM state update (exp(Δ·A) · h + Δ·B·x)"
     if "fast_exp" in name and "multiply" in name and "add" in name and "matmul" not in name:
         return "SSM state update (exp(Δ·A) · h + Δ·B·x)"
     if "matmul" in name:
@@ -53,7 +55,8 @@ def kind_of(name: str) -> str:
     return "other (norms, conv, gates, slices)"
 
 
-def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Path) -> dict[str, Any]:
+def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Path,
+                  target_name: str = "host") -> dict[str, Any]:
     import torch
 
     from ssmc.compile.export import export_step
@@ -73,7 +76,7 @@ def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Pat
         torch.manual_seed(0)
         model, extra, source = build_model(kind, *HOPPER), FRESH_EXTRA, "fresh (hopper size)"
     exported = export_step(model, extra, "recurrent", quantize=quantize_int8 if precision == "int8" else None)
-    target = load_target("host")
+    target = load_target(target_name)
     mod, _ = lower_step(exported.program, target, precision, executor="static")
     results = [(s.shape, s.dtype) for s in (*exported.outputs, *exported.state)]
     plan = plan_step(mod)
@@ -104,7 +107,7 @@ def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Pat
         r["kind"] = kind_of(r["kernel"])
         groups[r["kind"]] = groups.get(r["kind"], 0.0) + r["us_per_step"]
     macs = exported.model.macs_per_step()
-    return {"model": kind, "precision": precision, "source": source, "macs_per_step": macs,
+    return {"model": kind, "precision": precision, "target": target.name, "source": source, "macs_per_step": macs,
             "kernel_calls_per_step": sum(r["calls_per_step"] for r in rows), "kernels_us": total, "groups_us": groups, "kernels": rows}
 
 
@@ -113,13 +116,13 @@ def markdown(result: dict[str, Any]) -> str:
     out = [f"Measured {result['date']} on {result['machine']} (load average {result['load']}), one thread, "
            f"{result['steps']} steps per model. GEMV rate of this core in the same run: "
            f"{rate / 1e9:.1f} GMAC/s.", "",
-           "| model | precision | kernel calls / step | all kernels µs | floor µs (MACs ÷ GEMV rate) | kernels ÷ floor | "
-           "SSM update µs | matmuls µs | other µs |", "|---|---|---|---|---|---|---|---|---|"]
+           "| model | precision | target | kernel calls / step | all kernels µs | floor µs (MACs ÷ GEMV rate) | kernels ÷ floor | "
+           "SSM update µs | matmuls µs | other µs |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
         floor = m["macs_per_step"] / rate * 1e6
         g = m["groups_us"]
         pick = lambda prefix, g=g: next((v for k, v in g.items() if k.startswith(prefix)), 0.0)  # noqa: E731
-        out.append(f"| {m['model']} | {m['precision']} | {m['kernel_calls_per_step']} | {m['kernels_us']:.1f} | "
+        out.append(f"| {m['model']} | {m['precision']} | {m.get('target', 'host')} | {m['kernel_calls_per_step']} | {m['kernels_us']:.1f} | "
                    f"{floor:.1f} | {m['kernels_us'] / floor:.1f}× | {pick('SSM'):.1f} | {pick('matmuls'):.1f} | "
                    f"{pick('other'):.1f} |")
     for m in result["models"]:
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     ap.add_argument("--zoo", type=Path, default=Path("runs/zoo"))
     ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--target", default="host", help="a CPU target of this machine's arch (name or .json)")
     ap.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = gemv_rate()
     with tempfile.TemporaryDirectory(prefix="ssmc-kernels-") as tmp:
-        models = [profile_model(k, args.zoo, args.precision, args.steps, Path(tmp)) for k in args.models]
+        models = [profile_model(k, args.zoo, args.precision, args.steps, Path(tmp), args.target) for k in args.models]
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}",
               "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "steps": args.steps,
               "gemv_mac_per_s": rate, "models": models,

@@ -78,12 +78,17 @@ import step_latency as sl  # noqa: E402
 
 from ssmc.fsutil import atomic_file, replace_marked_block  # noqa: E402
 
-PEERS = ("static", "vm", "iree", "ort", "executorch")
+PEERS = ("static", "static-avx512", "vm", "iree", "ort", "executorch")
+#: ssmc's own peers: (executor, target). static-avx512 is the same static step for the host-avx512 target
+#: (x86-64-v4, 16-float vectors), run only on a CPU with AVX-512 (IREE's --iree-llvmcpu-target-cpu=host
+#: uses it there too).
+SSMC_PEERS = {"static": ("static", "host"), "static-avx512": ("static", "host-avx512"), "vm": ("vm", "host")}
+STATIC_PEERS = ("static", "static-avx512")
 PEER_LABEL = {
-    "static": "ssmc static (C loop)", "vm": "ssmc VM (C loop)", "iree": "IREE llvm-cpu, local-sync (native)",
+    "static": "ssmc static (C loop)", "static-avx512": "ssmc static for host-avx512 (C loop)", "vm": "ssmc VM (C loop)", "iree": "IREE llvm-cpu, local-sync (native)",
     "ort": "ONNX Runtime (from Python)", "executorch": "ExecuTorch XNNPACK (C++ runner)",
 }
-PEER_SHORT = {"static": "ssmc\nstatic", "vm": "ssmc\nVM", "iree": "IREE", "ort": "ONNX\nRuntime",
+PEER_SHORT = {"static": "ssmc\nstatic", "static-avx512": "ssmc static\navx512", "vm": "ssmc\nVM", "iree": "IREE", "ort": "ONNX\nRuntime",
               "executorch": "ExecuTorch\nXNNPACK"}
 PRECISIONS = ("fp32", "int8")
 DEFAULT_MODELS = ("dema", "dmm")
@@ -267,19 +272,19 @@ def static_supported() -> bool:
     return "executor" in inspect.signature(compile_checkpoint).parameters
 
 
-def build_ssmc(checkpoint: Path, precision: str, executor: str, out: Path, say: Callable[[str], None]
-               ) -> dict[str, Any]:
+def build_ssmc(checkpoint: Path, precision: str, executor: str, out: Path, say: Callable[[str], None],
+               target: str = "host") -> dict[str, Any]:
     from ssmc.compile.build import compile_checkpoint
 
     t0 = time.perf_counter()
     kwargs = {"executor": executor} if static_supported() else {}
     if executor != "vm" and not kwargs:
         raise RuntimeError("this checkout's compile_checkpoint has no executor= (no static executor yet)")
-    compile_checkpoint(checkpoint, "host", precision, mode="recurrent", out=out, overwrite=True,
+    compile_checkpoint(checkpoint, target, precision, mode="recurrent", out=out, overwrite=True,
                        progress=lambda m: None, **kwargs)
     seconds = round(time.perf_counter() - t0, 1)
-    say(f"  ssmc {executor} {precision}: {seconds} s")
-    return {"compile_s": seconds, "artifact": str(out)}
+    say(f"  ssmc {executor} {precision} for {target}: {seconds} s")
+    return {"compile_s": seconds, "artifact": str(out), "target": target}
 
 
 def check_ssmc(artifact: Path, fn: Any) -> float:
@@ -542,14 +547,15 @@ def kernel_breakdown(artifact: Path, args: list[np.ndarray], gemv_gmacs: float) 
             "vm_calls_recorded": len(calls)}
 
 
-def static_breakdown(kind: str, zoo: Path, precision: str, work: Path, gemv_gmacs: float) -> dict[str, Any]:
+def static_breakdown(kind: str, zoo: Path, precision: str, work: Path, gemv_gmacs: float,
+                     target: str = "host") -> dict[str, Any]:
     """The static step's own per-kernel timing: tools/bench/static_kernels.py's ``profile_model`` (the glue
     built with ``-DSSMC_PROFILE`` reads CLOCK_MONOTONIC around every kernel call), with this run's floor."""
     import static_kernels
 
-    d = work / f"profile-{kind}-{precision}"
+    d = work / f"profile-{kind}-{precision}-{target}"
     d.mkdir(parents=True, exist_ok=True)
-    m = static_kernels.profile_model(kind, zoo, precision, 2000, d)
+    m = static_kernels.profile_model(kind, zoo, precision, 2000, d, target)
     for r in m["kernels"]:
         r["kind"] = r.get("kind") or static_kernels.kind_of(r["kernel"])
     m["floor_us"] = round(m["macs_per_step"] / (gemv_gmacs * 1e3), 2)
@@ -597,15 +603,15 @@ def build_model_entries(kind: str, precisions: list[str], peers: list[str], zoo:
             if not err <= TOLERANCE:
                 raise RuntimeError(f"{tag}/{peer} disagrees with PyTorch: max relative error {err:.2e}")
 
-        for executor in ("static", "vm"):
-            if executor not in peers:
+        for peer, (executor, target) in SSMC_PEERS.items():
+            if peer not in peers:
                 continue
-            art = work / f"{kind}-{precision}-{executor}.ssmc"
-            say(f"{tag}: compiling ssmc {executor}")
-            row["build"][f"{precision}/{executor}"] = build_ssmc(ckpt, precision, executor, art, say)
-            record(executor, check_ssmc(art, fn))
-            row["artifacts"][f"{precision}/{executor}"] = str(art)
-            entries.append(Entry(kind, precision, executor, ssmc_runner(bundle, art)))
+            art = work / f"{kind}-{precision}-{peer}.ssmc"
+            say(f"{tag}: compiling ssmc {executor} for {target}")
+            row["build"][f"{precision}/{peer}"] = build_ssmc(ckpt, precision, executor, art, say, target)
+            record(peer, check_ssmc(art, fn))
+            row["artifacts"][f"{precision}/{peer}"] = str(art)
+            entries.append(Entry(kind, precision, peer, ssmc_runner(bundle, art)))
         if "iree" in peers:
             say(f"{tag}: IREE export + compile")
             vmfb, info = build_iree(fn, args_t, work / f"{kind}-{precision}-iree")
@@ -686,15 +692,23 @@ def analyse(result: dict[str, Any]) -> None:
             r["static / floor(gemm)"] = _ratio(s, row["floor_us"]["gemm"])
             v = lat.get("vm", {}).get("p50_us")
             r["vm / floor(gemv)"] = _ratio(v, row["floor_us"]["gemv"])
+            a = lat.get("static-avx512", {}).get("p50_us")
+            if a is not None:  # the same ratios for the AVX-512 build
+                r.update({f"{p} / static-avx512": _ratio(lat[p]["p50_us"], a) for p in ("iree", "ort", "executorch")
+                          if p in lat})
+                r["static-avx512 / floor(gemv)"] = _ratio(a, row["floor_us"]["gemv"])
             row["ratios_p50"][precision] = r
             g = GOALS.get(row["model"], {})
             goals = {}
-            if s is not None and "static_us" in g:
-                goals[f"static p50 <= {g['static_us']:g} us"] = s <= g["static_us"]
-            if s is not None and "iree_ratio" in g and r.get("iree / static") is not None:
-                goals[f">= {g['iree_ratio']:g}x faster than IREE"] = r["iree / static"] >= g["iree_ratio"]
-            if s is not None and "ort_ratio" in g and r.get("ort / static") is not None:
-                goals[f">= {g['ort_ratio']:g}x faster than ORT"] = r["ort / static"] >= g["ort_ratio"]
+            for sp in STATIC_PEERS:
+                sv = lat.get(sp, {}).get("p50_us")
+                if sv is None:
+                    continue
+                if "static_us" in g:
+                    goals[f"{sp} p50 <= {g['static_us']:g} us"] = sv <= g["static_us"]
+                for peer, key in (("iree", "iree_ratio"), ("ort", "ort_ratio")):
+                    if key in g and r.get(f"{peer} / {sp}") is not None:
+                        goals[f"{sp} >= {g[key]:g}x faster than {peer.upper()}"] = r[f"{peer} / {sp}"] >= g[key]
             row["goals"][precision] = goals
 
 
@@ -739,6 +753,9 @@ def markdown(result: dict[str, Any]) -> str:
             "above the compute floor it is)", ""]
     keys = [f"{p} / static" for p in peers if p != "static"] + ["static / floor(gemv)", "static / floor(gemm)",
                                                                  "vm / floor(gemv)"]
+    if "static-avx512" in peers:
+        keys += [f"{p} / static-avx512" for p in ("iree", "ort", "executorch") if p in peers]
+        keys.append("static-avx512 / floor(gemv)")
     out.append("| model | precision | " + " | ".join(keys) + " | goals |")
     out.append("|---|---|" + "---|" * len(keys) + "---|")
     for r in result["rows"]:
@@ -787,19 +804,23 @@ def markdown(result: dict[str, Any]) -> str:
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in result["rows"]:
             for q, lat in r["latency"].items():
-                key = f"{r['model']}/{q}"
-                s_b, v_b = sb.get(key), vb.get(key)
-                s_step, v_step = lat.get("static", {}).get("p50_us"), lat.get("vm", {}).get("p50_us")
-                g = (s_b or {}).get("groups_us", {})
-                pick = lambda prefix, g=g: next((v for k, v in g.items() if k.startswith(prefix)), None)  # noqa: E731
-                sk = s_b["kernels_us"] if s_b else None
-                vk = v_b["sum_us"] if v_b else None
-                fl = r["floor_us"]["gemv"]
-                out.append(f"| {r['model']} | {q} | {_fmt(s_step)} | {_fmt(sk)} | {_fmt(pick('SSM'))} | "
-                           f"{_fmt(pick('matmuls'))} | {_fmt(pick('other'))} | "
-                           f"{_cost(s_step, sk)} | {_fmt(v_step)} | {_fmt(vk)} | "
-                           f"{_cost(v_step, vk)} | {fl:.1f} | "
-                           f"{_fmt(sk / fl if sk else None, '×')} |")
+                for sp in STATIC_PEERS:
+                    key = f"{r['model']}/{q}" + ("" if sp == "static" else f"/{sp}")
+                    if sp != "static" and key not in sb:
+                        continue
+                    s_b, v_b = sb.get(key), vb.get(f"{r['model']}/{q}")
+                    s_step, v_step = lat.get(sp, {}).get("p50_us"), lat.get("vm", {}).get("p50_us")
+                    g = (s_b or {}).get("groups_us", {})
+                    pick = lambda prefix, g=g: next((v for k, v in g.items() if k.startswith(prefix)), None)  # noqa: E731
+                    sk = s_b["kernels_us"] if s_b else None
+                    vk = v_b["sum_us"] if v_b else None
+                    fl = r["floor_us"]["gemv"]
+                    label = r["model"] + ("" if sp == "static" else " (avx512)")
+                    out.append(f"| {label} | {q} | {_fmt(s_step)} | {_fmt(sk)} | {_fmt(pick('SSM'))} | "
+                               f"{_fmt(pick('matmuls'))} | {_fmt(pick('other'))} | "
+                               f"{_cost(s_step, sk)} | {_fmt(v_step)} | {_fmt(vk)} | "
+                               f"{_cost(v_step, vk)} | {fl:.1f} | "
+                               f"{_fmt(sk / fl if sk else None, '×')} |")
         for key, m in sb.items():
             out += ["", f"**Static step kernels, {key}** ({m['kernel_calls_per_step']} kernel calls per step, "
                     f"Σ {m['kernels_us']:.1f} µs; the ten most expensive)", ""]
@@ -939,9 +960,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown peer/precision: {', '.join(unknown)}")
     skipped: dict[str, str] = {}
-    if "static" in peers and not static_supported():
-        skipped["static"] = "this checkout's compiler has no static executor yet"
-        peers.remove("static")
+    for sp in STATIC_PEERS:
+        if sp in peers and not static_supported():
+            skipped[sp] = "this checkout's compiler has no static executor yet"
+            peers.remove(sp)
+    if "static-avx512" in peers:
+        from ssmc.targets import missing_cpu_features
+
+        lacking = missing_cpu_features("host-avx512")
+        if lacking:
+            skipped["static-avx512"] = f"this CPU lacks {', '.join(lacking)}"
+            peers.remove("static-avx512")
     et = None
     if "executorch" in peers:
         if not args.executorch_python.is_file():
@@ -1002,16 +1031,18 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 for key, art in row["artifacts"].items():
                     result["footprint"][f"{row['model']}/{key}"] = footprint(bundle, Path(art))
-        if not args.no_breakdown and "static" in peers:
+        if not args.no_breakdown and any(sp in peers for sp in STATIC_PEERS):
             say("per-kernel breakdown of the static steps (-DSSMC_PROFILE glue)")
             result["static_breakdown"] = {}
             for row in rows:
                 for q in precisions:
-                    try:
-                        result["static_breakdown"][f"{row['model']}/{q}"] = static_breakdown(
-                            row["model"], args.zoo, q, work, result["floor"]["gemv_gmacs_best"])
-                    except Exception as e:  # noqa: BLE001 - another tool's API; the run's numbers stand without it
-                        result["static_breakdown"][f"{row['model']}/{q}"] = {"error": f"{type(e).__name__}: {e}"}
+                    for sp in (sp for sp in STATIC_PEERS if sp in peers):
+                        key = f"{row['model']}/{q}" + ("" if sp == "static" else f"/{sp}")
+                        try:
+                            result["static_breakdown"][key] = static_breakdown(
+                                row["model"], args.zoo, q, work, result["floor"]["gemv_gmacs_best"], SSMC_PEERS[sp][1])
+                        except Exception as e:  # noqa: BLE001 - another tool's API; the numbers stand without it
+                            result["static_breakdown"][key] = {"error": f"{type(e).__name__}: {e}"}
         if not args.no_breakdown and "vm" in peers:
             say("per-kernel breakdown of the VM executables")
             result["breakdown"] = {}

@@ -57,8 +57,9 @@ import step_latency as sl  # noqa: E402
 
 from ssmc.fsutil import atomic_file  # noqa: E402
 
-PEERS = ("static", "vm", "ort", "iree")
-PEER_LABEL = {"static": "ssmc static (C loop)", "vm": "ssmc VM (C loop)", "ort": "ONNX Runtime (Python, 1 thread)",
+PEERS = ("static", "static-avx512", "vm", "ort", "iree")
+PEER_LABEL = {"static": "ssmc static (C loop)", "static-avx512": "ssmc static, host-avx512 (C loop)",
+              "vm": "ssmc VM (C loop)", "ort": "ONNX Runtime (Python, 1 thread)",
               "iree": "IREE llvm-cpu, local-sync"}
 DEFAULT_MODELS = ("dema", "dmm", "mambadm", "dt")
 DEFAULT_KS = (5, 10, 20, 40, 80, 160)
@@ -117,19 +118,19 @@ def build_entries(kind: str, K: int, peers: list[str], work: Path, bundle: Any, 
         if not err <= TOLERANCE:
             raise RuntimeError(f"{kind} K={K} {peer} disagrees with PyTorch: max relative error {err:.2e}")
 
-    for executor in ("static", "vm"):
-        if executor not in peers:
+    for peer, (executor, target) in ss.SSMC_PEERS.items():  # static, static-avx512 (host-avx512), vm
+        if peer not in peers:
             continue
-        art = work / f"{kind}-K{K}-{executor}.ssmc"
+        art = work / f"{kind}-K{K}-{peer}.ssmc"
         t0 = time.perf_counter()
-        compile_checkpoint(ckpt, "host", "fp32", "window", art, overwrite=True, executor=executor,
+        compile_checkpoint(ckpt, target, "fp32", "window", art, overwrite=True, executor=executor,
                            progress=lambda _m: None)
-        row["build"][executor] = {"compile_s": round(time.perf_counter() - t0, 1),
-                                  "text_bytes": text_bytes(art / "lib.so"),
-                                  "library_bytes": (art / "lib.so").stat().st_size}
-        say(f"  ssmc {executor}: {row['build'][executor]['compile_s']} s, code {row['build'][executor]['text_bytes']} B")
-        record(executor, ss.check_ssmc(art, fn))
-        entries.append(ss.Entry(f"{kind}@{K}", "fp32", executor, ss.ssmc_runner(bundle, art)))
+        row["build"][peer] = {"compile_s": round(time.perf_counter() - t0, 1), "target": target,
+                              "text_bytes": text_bytes(art / "lib.so"),
+                              "library_bytes": (art / "lib.so").stat().st_size}
+        say(f"  ssmc {peer}: {row['build'][peer]['compile_s']} s, code {row['build'][peer]['text_bytes']} B")
+        record(peer, ss.check_ssmc(art, fn))
+        entries.append(ss.Entry(f"{kind}@{K}", "fp32", peer, ss.ssmc_runner(bundle, art)))
     if "ort" in peers:
         d = work / f"{kind}-K{K}-ort"
         d.mkdir(parents=True, exist_ok=True)
@@ -169,9 +170,11 @@ def analyse(result: dict[str, Any]) -> None:
         row["floor_us"] = round(row["macs_per_step"] / (gemm * 1e3), 1)
         s = lat.get("static", {}).get("p50_us")
         row["static_vs_floor"] = round(s / row["floor_us"], 2) if s else None
-        for peer in ("ort", "iree", "vm"):
+        for peer in ("static-avx512", "ort", "iree", "vm"):
             p = lat.get(peer, {}).get("p50_us")
             row[f"{peer}_over_static"] = round(p / s, 2) if p and s else None
+        a = lat.get("static-avx512", {}).get("p50_us")
+        row["iree_over_static-avx512"] = round(lat["iree"]["p50_us"] / a, 2) if a and "iree" in lat else None
     by = {(r["model"], r["K"]): r for r in result["rows"]}
     checks = {}
     if ("dema", 20) in by:
@@ -235,7 +238,8 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
         "softplus, SiLU and the gate are vectorised arithmetic instead of libm calls. ONNX Runtime and IREE get "
         "the same step with the scan unrolled (ONNX has no scan operator of this kind): their code and export "
         "time grow with K. The target is `host` (x86-64-v3, AVX2: 8 fp32 lanes), as every artifact ssmc ships "
-        "for x86-64.",
+        "for x86-64 by default; `static-avx512`, where run, is the same step for `host-avx512` (x86-64-v4, "
+        "16 lanes).",
         "",
         "## Latency (p50 µs per step; p99 in the JSON)",
         "",
@@ -341,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in args.peers.split(",") if p]
     if unknown := [p for p in peers if p not in PEERS]:
         parser.error(f"unknown peer: {', '.join(unknown)}")
+    if "static-avx512" in peers:
+        from ssmc.targets import missing_cpu_features
+
+        if lacking := missing_cpu_features("host-avx512"):
+            parser.error(f"static-avx512: this CPU lacks {', '.join(lacking)}")
     argv_list = argv if argv is not None else sys.argv[1:]
     result: dict[str, Any] = {"command": "python tools/bench/window_step.py " + " ".join(argv_list),
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": ss.machine(),
