@@ -2,6 +2,7 @@
 
     python tools/bench/static_kernels.py                       # dema, dmm recurrent, fp32 -> docs/static-kernels.{md,json}
     python tools/bench/static_kernels.py --models dmm --precision int8 --no-docs
+    python tools/bench/static_kernels.py --models dema --mode window --target host-avx512 --no-docs
 
 For each model (a checkpoint under ``--zoo``, default ``runs/zoo/<model>``, else a freshly initialised
 Hopper-size model, obs 11 / act 3, as tools/bench/step_latency.py does) the recurrent step is compiled
@@ -56,7 +57,7 @@ def kind_of(name: str) -> str:
 
 
 def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Path,
-                  target_name: str = "host") -> dict[str, Any]:
+                  target_name: str = "host", mode: str = "recurrent") -> dict[str, Any]:
     import torch
 
     from ssmc.compile.export import export_step
@@ -75,7 +76,7 @@ def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Pat
     else:
         torch.manual_seed(0)
         model, extra, source = build_model(kind, *HOPPER), FRESH_EXTRA, "fresh (hopper size)"
-    exported = export_step(model, extra, "recurrent", quantize=quantize_int8 if precision == "int8" else None)
+    exported = export_step(model, extra, mode, quantize=quantize_int8 if precision == "int8" else None)
     target = load_target(target_name)
     mod, _ = lower_step(exported.program, target, precision, executor="static")
     results = [(s.shape, s.dtype) for s in (*exported.outputs, *exported.state)]
@@ -107,7 +108,8 @@ def profile_model(kind: str, zoo: Path, precision: str, steps: int, workdir: Pat
         r["kind"] = kind_of(r["kernel"])
         groups[r["kind"]] = groups.get(r["kind"], 0.0) + r["us_per_step"]
     macs = exported.model.macs_per_step()
-    return {"model": kind, "precision": precision, "target": target.name, "source": source, "macs_per_step": macs,
+    return {"model": kind, "precision": precision, "target": target.name, "mode": mode, "source": source,
+            "macs_per_step": macs,
             "kernel_calls_per_step": sum(r["calls_per_step"] for r in rows), "kernels_us": total, "groups_us": groups, "kernels": rows}
 
 
@@ -116,13 +118,13 @@ def markdown(result: dict[str, Any]) -> str:
     out = [f"Measured {result['date']} on {result['machine']} (load average {result['load']}), one thread, "
            f"{result['steps']} steps per model. GEMV rate of this core in the same run: "
            f"{rate / 1e9:.1f} GMAC/s.", "",
-           "| model | precision | target | kernel calls / step | all kernels µs | floor µs (MACs ÷ GEMV rate) | kernels ÷ floor | "
-           "SSM update µs | matmuls µs | other µs |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| model | mode | precision | target | kernel calls / step | all kernels µs | floor µs (MACs ÷ GEMV rate) | kernels ÷ floor | "
+           "SSM update µs | matmuls µs | other µs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
         floor = m["macs_per_step"] / rate * 1e6
         g = m["groups_us"]
         pick = lambda prefix, g=g: next((v for k, v in g.items() if k.startswith(prefix)), 0.0)  # noqa: E731
-        out.append(f"| {m['model']} | {m['precision']} | {m.get('target', 'host')} | {m['kernel_calls_per_step']} | {m['kernels_us']:.1f} | "
+        out.append(f"| {m['model']} | {m.get('mode', 'recurrent')} | {m['precision']} | {m.get('target', 'host')} | {m['kernel_calls_per_step']} | {m['kernels_us']:.1f} | "
                    f"{floor:.1f} | {m['kernels_us'] / floor:.1f}× | {pick('SSM'):.1f} | {pick('matmuls'):.1f} | "
                    f"{pick('other'):.1f} |")
     for m in result["models"]:
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoo", type=Path, default=Path("runs/zoo"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--target", default="host", help="a CPU target of this machine's arch (name or .json)")
+    ap.add_argument("--mode", default="recurrent", choices=["recurrent", "window"],
+                    help="the step to profile: recurrent, or the window step (the papers' K-timestep re-read)")
     ap.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = gemv_rate()
     with tempfile.TemporaryDirectory(prefix="ssmc-kernels-") as tmp:
-        models = [profile_model(k, args.zoo, args.precision, args.steps, Path(tmp), args.target) for k in args.models]
+        models = [profile_model(k, args.zoo, args.precision, args.steps, Path(tmp), args.target, args.mode)
+                  for k in args.models]
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}",
               "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()), "steps": args.steps,
               "gemv_mac_per_s": rate, "models": models,
