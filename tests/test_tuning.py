@@ -233,3 +233,20 @@ def test_default_and_scheduled_builds_agree(tmp_path) -> None:
         outs.append([o.numpy() for o in vm["main"](*(tvm.runtime.tensor(a) for a in args))])
     for a, b in zip(*outs, strict=True):
         assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-6)
+
+
+def test_fast_gelu_matches_the_exact_gelu_and_propagates_nan() -> None:
+    """fast_gelu (A&S 7.1.26 erf) against torch's exact GELU in fp64: absolute error <= |x|·1e-7 + 1e-7
+    (erf's 1.5e-7 bound, halved, plus fp32 rounding); NaN in, NaN out; ±inf and very negative inputs."""
+    from ssmc.compile.tuning import fast_gelu_te
+
+    xs = np.concatenate([np.linspace(-12.0, 12.0, 8001), np.logspace(-8, 2, 500), -np.logspace(-8, 2, 500),
+                         [0.0, -0.0, 1e30, np.nan, np.inf, -np.inf]]).astype(np.float32)
+    got = _run_elementwise(fast_gelu_te, xs)
+    want = torch.nn.functional.gelu(torch.from_numpy(xs.astype(np.float64))).numpy()
+    finite = np.isfinite(xs)
+    err = np.abs(got[finite] - want[finite])
+    assert np.all(err <= 1e-7 * np.abs(xs[finite].astype(np.float64)) + 1e-7), err.max()
+    assert np.isnan(got[-3]) and got[-2] == np.inf and got[-1] == 0.0
+    assert got[xs == np.float32(1e30)][0] == np.float32(1e30)
+

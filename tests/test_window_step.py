@@ -32,7 +32,8 @@ SMALL = {
     "dema": {"embedding_dim": 32, "d_model": 16, "n_layer": 2, "d_state": 8},
     "dmm": {"hidden": 16, "n_layer": 1, "window": 3, "d_state": 8, "dropout": 0.0},
     "mambadm": {"hidden": 16, "n_layer": 1, "d_state": 8, "dropout": 0.0},
-    "dt": {"hidden": 32, "n_layer": 1, "max_ep_len": 300, "dropout": 0.0},
+    # gelu: CORL's DT activation (the zoo's), which the compiler lowers to fast_gelu (compile/tuning.py)
+    "dt": {"hidden": 32, "n_layer": 1, "max_ep_len": 300, "dropout": 0.0, "activation": "gelu"},
 }
 EXTRA = {"obs_mean": [0.5, -1.0, 2.0, 0.0, 3.0], "obs_std": [1.5, 0.5, 2.0, 1.0, 4.0], "rtg_scale": 1e-3,
          "target_return": 3000.0, "env_id": "Hopper-v5"}
