@@ -44,10 +44,13 @@ EXP2_POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3, 5
 #: Lower clamp of the exponent (see the module docstring: keeps ``h · 2^w`` out of denormals).
 EXP2_LO = -60.0
 LOG2E = 1.0 / math.log(2.0)
-#: 1.5 · 2^23: for |w| < 2^22, w + ROUND_MAGIC (in fp32, round to nearest even) has round(w) in its low
-#: mantissa bits, so (w + M) - M is round(w) and the float's bits shifted left by 23 are 2^round(w)'s
-#: exponent field (the high bits fall off): two adds and a shift, where floor + convert are two slow ops.
-ROUND_MAGIC = 12582912.0
+#: 2^23 + 2^9: for w in [-60, 0], w + ROUND_MAGIC (fp32, whose spacing there is 1) is round(w) + M, so
+#: (w + M) - M is round(w); and M's mantissa bits end in nine zeros, so that float's bits shifted left by
+#: 23 are exactly 2^round(w)'s exponent field (the high bits fall off): two adds and a shift, where floor
+#: and a float-to-int conversion are two slow ops. Not the usual 1.5 · 2^23 = 12582912: TVM's C code
+#: generator (the --emit c bundle) prints float constants with 7 significant digits, 1.258291e+07, which
+#: is another number; 8.389120e+06 is exact.
+ROUND_MAGIC = 8389120.0
 
 
 def scan_lanes(d_state: int, lanes: int) -> int:
@@ -96,7 +99,7 @@ def selective_scan_primfunc(batch: int, length: int, d_inner: int, d_state: int,
                 for c in range(chunks):
                     for j in T.vectorized(v):  # the exponent, clamped, split into m + g
                         w[j] = T.max(delta[bi, t, di] * A2[di, c * v + j], T.float32(lo))
-                    for j in T.vectorized(v):  # w + 1.5·2^23: round(w) in the low mantissa bits
+                    for j in T.vectorized(v):  # w + 2^23 + 2^9: round(w) in the low mantissa bits
                         m[j] = w[j] + T.float32(ROUND_MAGIC)
                     for j in T.vectorized(v):
                         w[j] = w[j] - (m[j] - T.float32(ROUND_MAGIC))
