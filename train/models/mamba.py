@@ -121,7 +121,8 @@ class Mamba(nn.Module):
         xz = self.in_proj(hidden)  # (b, l, 2·d_inner)
         x, z = xz[..., : self.d_inner], xz[..., self.d_inner :]
         if self.use_conv:
-            x = self._causal_conv_by_taps(x) if fused else self._causal_conv(x)
+            # zeros first: (b, d_conv - 1 + l, d_inner)
+            x = self._causal_conv_by_taps(F.pad(x, (0, 0, self.d_conv - 1, 0))) if fused else self._causal_conv(x)
         x = F.silu(x)  # (b, l, d_inner)
         dt, B, C = self._x_proj(x)  # (b, l, ·)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); bias and softplus inside the scan
@@ -138,15 +139,18 @@ class Mamba(nn.Module):
         """Causal depthwise conv of x (b, l, d_inner) by ``conv1d`` (padded both sides; the right dropped)."""
         return self.conv1d(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
 
-    def _causal_conv_by_taps(self, x: Tensor) -> Tensor:
+    def _causal_conv_by_taps(self, window: Tensor) -> Tensor:
         """``_causal_conv`` as its d_conv taps, shifted multiply-adds: one elementwise kernel, vectorised over
-        channels, where a conv1d op lowers to a generic loop nest (export only)."""
-        L = x.shape[1]
+        channels, where a conv1d op lowers to a generic loop nest (export only).
+
+        window: (b, d_conv - 1 + l, d_inner), oldest first: the d_conv - 1 inputs before the l new ones
+        (zeros from a zero state, ``forward``; the carried conv state, ``step_tokens``) -> (b, l, d_inner).
+        """
+        L = window.shape[1] - (self.d_conv - 1)
         w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv); tap k reads x[t - (d_conv - 1) + k]
-        padded = F.pad(x, (0, 0, self.d_conv - 1, 0))  # (b, l + d_conv - 1, d_inner), zeros first
-        conv = padded[:, :L] * w[:, 0]
+        conv = window[:, :L] * w[:, 0]
         for k in range(1, self.d_conv):
-            conv = conv + padded[:, k : k + L] * w[:, k]
+            conv = conv + window[:, k : k + L] * w[:, k]
         return conv if self.conv1d.bias is None else conv + self.conv1d.bias
 
     def init_state(self, batch_size: int = 1) -> tuple[Tensor | None, Tensor]:
@@ -197,12 +201,7 @@ class Mamba(nn.Module):
         x, z = xz[..., : self.d_inner], xz[..., self.d_inner :]
         if self.use_conv:
             window = torch.cat([conv_state.transpose(1, 2), x], dim=1)  # (b, d_conv - 1 + L, d_inner), oldest first
-            w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
-            x = window[:, :L] * w[:, 0]
-            for k in range(1, self.d_conv):
-                x = x + window[:, k : k + L] * w[:, k]
-            if self.conv1d.bias is not None:
-                x = x + self.conv1d.bias
+            x = self._causal_conv_by_taps(window)
             conv_state = window[:, L:].transpose(1, 2)  # the last d_conv - 1 inputs, (b, d_inner, d_conv - 1)
         x = F.silu(x)
         dt, B, C = self._x_proj(x)
