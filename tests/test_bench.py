@@ -108,6 +108,20 @@ def test_static_step_ssmc_peers_agree_and_time_in_the_c_loop(static_step, tiny) 
         assert 0 < s["p50_us"] <= s["p99_us"] and s["peak_rss_kb_median"] > 0
 
 
+def test_static_step_firmware_footprint_builds_the_c_bundle_statically(static_step, tiny) -> None:
+    """The --emit c bundle as firmware: its objects carry the weights, the demo runs linked -static."""
+    from ssmc.train.models import load_checkpoint
+
+    model, _ = load_checkpoint(tiny["ckpt"])
+    fw = static_step.firmware_footprint(tiny["ckpt"], "fp32", tiny["work"] / "firmware", steps=50)
+    assert fw["step_objects"]["text"] > 4 * model.num_params()  # fp32 weights are constants in the objects
+    assert fw["step_bytes"] == fw["step_objects"]["text"] + fw["step_objects"]["data"]
+    assert fw["demo_static_bytes"] > fw["step_bytes"]
+    assert 0 < fw["demo_rss_anon_kb"] < fw["demo_peak_rss_kb"]
+    out = subprocess.run(["ldd", str(Path(fw["bundle"]) / "demo_static")], capture_output=True, text=True)
+    assert "not a dynamic executable" in out.stdout + out.stderr
+
+
 def test_static_step_iree_and_ort_peers_agree_with_pytorch(static_step, tiny) -> None:
     pytest.importorskip("iree.turbine.aot")
     if not shutil.which("iree-benchmark-module") or not shutil.which("iree-run-module"):

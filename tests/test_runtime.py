@@ -245,12 +245,12 @@ def test_artifacts_for_another_architecture_or_device_are_refused(executor, arti
 
 
 def test_sha256_agrees_with_hashlib_at_block_boundaries(artifacts, tmp_path) -> None:
-    """Files of lengths around SHA-256's 64-byte blocks and 56-byte padding limit, and over 1 MiB (the
-    runtime's read chunk), listed with hashlib's digests: the C runtime accepts all of them."""
+    """Files of lengths around SHA-256's 64-byte blocks and 56-byte padding limit, and around 64 KiB
+    (the runtime's read chunk: exactly one, one and a byte, several and a remainder), listed with hashlib's digests: the C runtime accepts all of them."""
     path = _copy(artifacts("dmm"), tmp_path)
     m = json.loads((path / "manifest.json").read_text())
     rng = np.random.default_rng(0)
-    for n in (0, 1, 55, 56, 63, 64, 65, 119, 120, 128, (1 << 20) + 3):
+    for n in (0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1 << 16, (1 << 16) + 1, (1 << 20) + 3):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         (path / f"blob{n}.bin").write_bytes(data)
         m["files"][f"blob{n}.bin"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": n}
@@ -303,6 +303,9 @@ def test_c_control_loop_runs_an_artifact_end_to_end(kind, executor, checkpoints,
     assert summary["steps"] == steps and summary["errors"] == 0 and summary["model_kind"] == kind
     assert summary["executor"] == executor
     assert summary["latency_us"]["p50"] > 0 and summary["peak_rss_kb"] > 0
+    # the resident memory at the end, split: this process's own pages and the mapped files (libraries)
+    assert summary["rss_anon_kb"] > 0 and summary["rss_file_kb"] > 0
+    assert summary["rss_anon_kb"] + summary["rss_file_kb"] <= summary["peak_rss_kb"]
 
 
 def test_c_control_loop_reports_a_bad_artifact_in_one_line(artifacts, tmp_path) -> None:

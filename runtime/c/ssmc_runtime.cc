@@ -43,7 +43,7 @@
 namespace {
 
 // ===================================================================================== SHA-256
-// FIPS 180-4. Files are hashed in 1 MiB chunks; tests compare against Python's hashlib.
+// FIPS 180-4. Files are hashed in 64 KiB chunks (FileSha256); tests compare against Python's hashlib.
 
 class Sha256 {
  public:
@@ -217,12 +217,15 @@ ssize_t ReadFull(int fd, uint8_t* buf, size_t n) {
   return static_cast<ssize_t>(got);
 }
 
-// The file's sha256 (lowercase hex) and the bytes read, in 1 MiB chunks; links are not followed.
+// The file's sha256 (lowercase hex) and the bytes read, in 64 KiB chunks; links are not followed.
+// The chunk is the open's largest allocation: at 1 MiB (before) it was 0.8 MiB of the C loop's peak
+// RSS once the reference file (1.6 MB for DeMa) filled it (VmHWM 3.9 -> 3.0 MiB for DeMa int8 with
+// 64 KiB), and opening took no longer for it (open + one step: 14.1 ms at 1 MiB, 13.2 ms at 64 KiB).
 std::string FileSha256(const std::string& path, const std::string& name, uint64_t* bytes_read) {
   Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (f.fd < 0) Fail(SSMC_ERR_ARTIFACT, name + ": cannot be read");
   Sha256 sha;
-  std::vector<uint8_t> chunk(1 << 20);
+  std::vector<uint8_t> chunk(1 << 16);
   uint64_t total = 0;
   for (;;) {
     ssize_t got = ReadFull(f.fd, chunk.data(), chunk.size());

@@ -472,8 +472,79 @@ def footprint(bundle: Any, artifact: Path) -> dict[str, Any]:
         "runtime_files": runtime, "other_loaded": other, "system_libraries": system,
         "target_bytes": target_bytes, "system_bytes": sum(system.values()),
         "peak_rss_kb": one.get("peak_rss_kb"), "rss_after_open_kb": one.get("rss_after_open_kb"),
+        "rss_anon_kb": one.get("rss_anon_kb"), "rss_file_kb": one.get("rss_file_kb"),
         "allocations_per_step": allocs["per_step"], "allocations": allocs["allocations"],
     }
+
+
+def _size_totals(objects: list[Path]) -> dict[str, int]:
+    """text (code and read-only data), data and bss bytes of ``objects``, summed (binutils ``size``)."""
+    out = subprocess.run(["size", "-t", *map(str, objects)], capture_output=True, text=True, check=True).stdout
+    text, data, bss = (int(x) for x in out.strip().splitlines()[-1].split()[:3])
+    return {"text": text, "data": data, "bss": bss}
+
+
+def firmware_footprint(checkpoint: Path, precision: str, work: Path, steps: int = 1000) -> dict[str, Any]:
+    """The ``ssmc compile --emit c`` bundle of the recurrent step as firmware would carry it: the step's objects
+    (kernels, call sequence, weights) built with the host ``cc -O2 -march=x86-64-v3`` (host's ISA), their bytes,
+    and the bundle's demo driver linked ``-static`` (libc and libm inside, no loader, no shared library) with its
+    peak RSS over ``steps`` steps: the memory a board pays for one policy without the runtime's dynamic
+    loading, manifest checks and libraries. VmHWM is read from /proc while the demo waits for its last input."""
+    from ssmc.compile.build import emit_c_source
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no host C compiler (cc) for the --emit c bundle")
+    dest = emit_c_source(checkpoint, "host", precision, mode="recurrent", out=work / f"{checkpoint.name}-{precision}-c",
+                         overwrite=True)
+    flags = ["-std=c99", "-O2", "-march=x86-64-v3"]
+    objects = []
+    for src in ("ssmc_step.c", "ssmc_weights.c", "kernels.c"):
+        obj = dest / src.replace(".c", ".o")
+        subprocess.run([cc, *flags, "-c", "-o", str(obj), str(dest / src)], check=True, capture_output=True)
+        objects.append(obj)
+    demo = dest / "demo_static"
+    subprocess.run([cc, *flags, "-static", "-o", str(demo), str(dest / "demo.c"), *map(str, objects), "-lm"],
+                   check=True, capture_output=True)
+    text = (dest / "demo.c").read_text()
+    n_raw = int(re.search(r"#define SSMC_DEMO_N_RAW (\d+)", text).group(1))
+    in_bytes = [int(x) for x in re.search(r"#define SSMC_DEMO_IN_BYTES ([\d, ]+)", text).group(1).split(",")]
+    record = sum(in_bytes[:n_raw])
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((steps, record // 4)).astype(np.float32).tobytes()
+    proc = subprocess.Popen([str(demo), str(steps)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    status = Path(f"/proc/{proc.pid}/status")
+    try:
+        proc.stdin.write(inputs[:-record])
+        proc.stdin.flush()
+        kb: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until it has read every record but the last one
+            io = Path(f"/proc/{proc.pid}/io").read_text() if Path(f"/proc/{proc.pid}/io").exists() else ""
+            m = re.search(r"rchar: (\d+)", io)
+            if m and int(m.group(1)) >= len(inputs) - record:
+                break
+            time.sleep(0.01)
+        time.sleep(0.05)
+        for line in status.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmHWM", "RssAnon", "RssFile"):
+                kb[name] = int(value.split()[0])
+        proc.stdin.write(inputs[-record:])
+        proc.stdin.close()
+    finally:
+        rc = proc.wait(timeout=120)
+    if rc != 0:
+        raise RuntimeError(f"{demo} failed: {proc.stderr.read().decode(errors='replace').strip()[-300:]}")
+    sizes = _size_totals(objects)
+    return {"bundle": str(dest), "cflags": " ".join(flags), "step_objects": sizes,
+            "step_bytes": sizes["text"] + sizes["data"], "step_bss": sizes["bss"],
+            "arena_bytes": int(re.search(r"#define SSMC_STEP_ARENA_BYTES (\d+)", (dest / "ssmc_step.h").read_text())
+                               .group(1)),
+            "demo_static_bytes": demo.stat().st_size, "demo_static_text": _size_totals([demo])["text"],
+            "demo_steps": steps, "demo_peak_rss_kb": kb.get("VmHWM"), "demo_rss_anon_kb": kb.get("RssAnon"),
+            "demo_rss_file_kb": kb.get("RssFile")}
 
 
 # ------------------------------------------------------------------------------------- breakdown
@@ -781,13 +852,29 @@ def markdown(result: dict[str, Any]) -> str:
                 "of the C loop over 1,000 steps (VmHWM), heap allocations per step after open "
                 "(tools/bench/allocs_per_step.py))", ""]
         out.append("| artifact | artifact bytes (to run) | runtime files | target bytes | system libraries loaded | "
-                   "peak RSS | allocs / step |")
-        out.append("|---|---|---|---|---|---|---|")
+                   "peak RSS | of it at the end: own (anon) / mapped files | allocs / step |")
+        out.append("|---|---|---|---|---|---|---|---|")
         for key, f in result["footprint"].items():
             rt = ", ".join(f"{n} {b:,}" for n, b in f["runtime_files"].items())
             sysl = ", ".join(Path(p).name for p in f["system_libraries"]) + f" ({f['system_bytes']:,} B)"
+            split = (f"{f['rss_anon_kb']:,} / {f['rss_file_kb']:,} KiB" if f.get("rss_anon_kb") is not None else "–")
             out.append(f"| {key} | {f['artifact_bytes_to_run']:,} | {rt} | **{f['target_bytes']:,}** | {sysl} | "
-                       f"{f['peak_rss_kb']:,} KiB | {f['allocations_per_step']:.1f} |")
+                       f"{f['peak_rss_kb']:,} KiB | {split} | {f['allocations_per_step']:.1f} |")
+    if result.get("firmware"):
+        out += ["", "**Footprint as firmware** (`ssmc compile --emit c`: the recurrent step as C99 sources; its three "
+                "objects built with the host `cc " + next(iter(result["firmware"].values()))["cflags"] + "`, bytes "
+                "from binutils `size`; the bundle's demo driver linked `-static` with them — libc and libm inside, "
+                "no dynamic loader, no libssmc — and its peak RSS (VmHWM) over "
+                f"{next(iter(result['firmware'].values()))['demo_steps']:,} steps; tools/bench/static_step.py's "
+                "`firmware_footprint`)", ""]
+        out.append("| step | step code + constants (text) | data / bss | arena (RAM, caller's) | static demo binary "
+                   "| demo peak RSS | own (anon) / binary pages |")
+        out.append("|---|---|---|---|---|---|---|")
+        for key, f in result["firmware"].items():
+            o = f["step_objects"]
+            out.append(f"| {key} | **{o['text']:,}** | {o['data']:,} / {o['bss']:,} | {f['arena_bytes']:,} | "
+                       f"{f['demo_static_bytes']:,} | **{f['demo_peak_rss_kb']:,} KiB** | "
+                       f"{f['demo_rss_anon_kb']:,} / {f['demo_rss_file_kb']:,} KiB |")
     sb = {k: v for k, v in (result.get("static_breakdown") or {}).items() if "error" not in v}
     vb = result.get("breakdown") or {}
     if sb or vb:
@@ -1031,6 +1118,12 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 for key, art in row["artifacts"].items():
                     result["footprint"][f"{row['model']}/{key}"] = footprint(bundle, Path(art))
+            say("footprint: the --emit c bundles as firmware (static demo)")
+            result["firmware"] = {}
+            for row in rows:
+                for q in precisions:
+                    result["firmware"][f"{row['model']}/{q}"] = firmware_footprint(Path(row["checkpoint"]), q,
+                                                                                   work / "firmware")
         if not args.no_breakdown and any(sp in peers for sp in STATIC_PEERS):
             say("per-kernel breakdown of the static steps (-DSSMC_PROFILE glue)")
             result["static_breakdown"] = {}

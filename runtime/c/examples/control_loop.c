@@ -20,7 +20,8 @@
  *                        | ACT [action...] with the OBS's seq | ERR (the step failed; nothing changed)
  *
  * Either way it ends by printing one JSON line: steps, errors, deadline misses, the step latency
- * (ssmc_act alone) p50/p99/max in microseconds, peak resident memory (VmHWM), and the last action.
+ * (ssmc_act alone) p50/p99/max in microseconds, peak resident memory (VmHWM) and the resident memory at the
+ * end split into anonymous and file-backed pages (RssAnon, RssFile), and the last action.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -112,15 +113,18 @@ static double percentile_us(int64_t *sorted, long n, double q) {
   return (double)sorted[i] / 1000.0;
 }
 
-/* Peak resident memory of this process image: VmHWM, which (unlike getrusage's ru_maxrss) starts afresh at
- * execve instead of inheriting the parent's peak. */
-static long peak_rss_kb(void) {
+/* A "Name:  N kB" line of /proc/self/status, or -1. VmHWM is the peak resident memory of this process image,
+ * which (unlike getrusage's ru_maxrss) starts afresh at execve instead of inheriting the parent's peak;
+ * RssAnon and RssFile split the resident memory now into this process's own pages (heap, stacks) and
+ * mapped files (the libraries, shared with every process that maps them). */
+static long status_kb(const char *name) {
   char line[256];
   long kb = -1;
+  size_t n = strlen(name);
   FILE *f = fopen("/proc/self/status", "r");
   if (f == NULL) return -1;
   while (fgets(line, sizeof(line), f) != NULL) {
-    if (strncmp(line, "VmHWM:", 6) == 0) kb = atol(line + 6);
+    if (strncmp(line, name, n) == 0 && line[n] == ':') kb = atol(line + n + 1);
   }
   fclose(f);
   return kb;
@@ -149,11 +153,13 @@ static void print_summary(const char *mode, const Options *o, Stats *s, const fl
          "\"signed_by\": \"%s\", "
          "\"realtime\": %s, \"rate_hz\": %.3f, \"steps\": %ld, \"errors\": %ld, \"deadline_misses\": %ld, "
          "\"latency_us\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f}, "
-         "\"rss_after_open_kb\": %ld, \"rss_end_kb\": %ld, \"peak_rss_kb\": %ld, \"last_action\": [",
+         "\"rss_after_open_kb\": %ld, \"rss_end_kb\": %ld, \"peak_rss_kb\": %ld, \"rss_anon_kb\": %ld, "
+         "\"rss_file_kb\": %ld, \"last_action\": [",
          mode, ssmc_info(p, "model_kind"), ssmc_info(p, "precision"), ssmc_info(p, "target"), ssmc_info(p, "executor"),
          ssmc_info(p, "signed_by"), s->realtime ? "true" : "false", o->rate_hz, s->steps,
          s->errors, s->misses, percentile_us(s->latency_ns, s->steps, 0.5), percentile_us(s->latency_ns, s->steps, 0.99),
-         percentile_us(s->latency_ns, s->steps, 1.0), s->rss_open_kb, rss_kb(), peak_rss_kb());
+         percentile_us(s->latency_ns, s->steps, 1.0), s->rss_open_kb, rss_kb(), status_kb("VmHWM"),
+         status_kb("RssAnon"), status_kb("RssFile"));
   for (size_t i = 0; i < act_dim; ++i) printf("%s%.9g", i ? ", " : "", action[i]);
   printf("]}\n");
   fflush(stdout);
