@@ -201,3 +201,60 @@ def test_scan_lanes_keeps_two_vectors_per_channel_at_16_lanes() -> None:
     otherwise the widest vector that divides d_state."""
     assert [scan_lanes(n, 16) for n in (64, 32, 16, 8, 12, 7)] == [16, 16, 8, 8, 4, 1]
     assert [scan_lanes(n, 8) for n in (64, 16, 8, 12)] == [8, 8, 8, 4]
+
+
+# -- packed GEMM weights (compile/pipeline.py's pack-weights stage) ------------------------------------
+
+def test_window_gemms_read_packed_weights_and_gemvs_do_not(checkpoint) -> None:
+    """fp32 window steps' matmuls with a constant weight become packed_gemm kernels on a panel-major copy of
+    the weight (the parity tests above then cover their numbers); a one-row matmul (a GEMV), a weight
+    whose width is not a whole number of panels, and fp16/int8 builds keep the plain (K, N) layout."""
+    import tvm
+    from tvm import relax
+
+    from ssmc.compile.pipeline import _packed_weight_gemms, lower_step, stage_names
+    from ssmc.targets import load_target
+
+    target = load_target("host")
+    assert "pack-weights" in stage_names(target, "fp32")
+    assert "pack-weights" not in stage_names(target, "int8") and "pack-weights" not in stage_names(target, "fp16")
+    model, extra = load_checkpoint(checkpoint("dt", KS[0]))
+    mod, _ = lower_step(export_step(model, extra, "window").program, target, "fp32", executor="static")
+    window = [gv.name_hint for gv in mod.functions]
+    assert sum("packed_gemm" in k for k in window) >= 4, window  # Q/K/V, attention out, both MLP matmuls
+
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    rows = {"gemv": 1, "gemm": 4, "narrow": 4}
+    xs = {name: relax.Var(name, relax.TensorType((1, m, 24), "float32")) for name, m in rows.items()}
+    with bb.function("main", list(xs.values())):
+        with bb.dataflow():
+            outs = [bb.emit(relax.op.matmul(xs[name], relax.const(
+                rng.standard_normal((24, 32 if name != "narrow" else 24)).astype(np.float32)))) for name in rows]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    packed = _packed_weight_gemms(8)(bb.get())  # 8 lanes: 16-float panels
+    text = packed.script()
+    assert text.count("packed_gemm") >= 2 and text.count("R.matmul") == 2, text  # only the 4 x 24 @ 24 x 32 one
+    assert isinstance(packed, tvm.IRModule)
+
+
+def test_packed_gemm_kernel_matches_numpy() -> None:
+    """The packed kernel alone, scheduled by the GEMM rule and built for the host: x @ W from Wp."""
+    import tvm
+
+    from ssmc.compile.tuning import packed_gemm_primfunc, schedule_prim_func
+
+    rng = np.random.default_rng(0)
+    m, k, n, panel = 6, 24, 32, 16
+    x = rng.standard_normal((1, m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    wp = np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+    func = schedule_prim_func(packed_gemm_primfunc([1, m, k], n, panel), 8)
+    assert func is not None  # the GEMM rule took it
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"}))
+    out = tvm.runtime.tensor(np.zeros((1, m, n), np.float32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(wp), out)
+    want = x @ w
+    assert np.abs(out.numpy() - want).max() <= 1e-5 * np.abs(want).max()

@@ -51,7 +51,7 @@ def kind_of(name: str) -> str:
         return "SSM state update (exp(Δ·A) · h + Δ·B·x)"
     if "fast_exp" in name and "multiply" in name and "add" in name and "matmul" not in name:
         return "SSM state update (exp(Δ·A) · h + Δ·B·x)"
-    if "matmul" in name:
+    if "matmul" in name or "packed_gemm" in name:  # packed_gemm: compile/pipeline.py's pack-weights stage
         return "matmuls (projections, embeddings, head)"
     return "other (norms, conv, gates, slices)"
 
