@@ -131,7 +131,9 @@ def _reduction_kind(sch: Any, block: Any) -> str | None:
 
     The weight is looked for first, whatever its size: deciding by the largest input alone sent a window
     GEMM whose activations outgrow its weight (DMM at K = 40: x 120 x 384 against W 384 x 64) to the
-    inner rule, whose rfactor reads W down its columns: 4.6 ms instead of ~0.1 ms."""
+    inner rule, whose rfactor reads W down its columns: 4.6 ms instead of ~0.1 ms. A packed weight
+    (``Wp[n // panel, k, n % panel]``, compile/pipeline.py's pack-weights) counts as one: its last index
+    is an expression of ``n`` (missing that sent the same GEMM to the inner rule again: 2.1 ms a call)."""
     import math
 
     from tvm import tirx
@@ -146,9 +148,9 @@ def _reduction_kind(sch: Any, block: Any) -> str | None:
 
     out_last = stmt.writes[0].region[-1].min
     if spatial and isinstance(out_last, tirx.Var) and out_last.same_as(spatial[-1]):
-        for read in stmt.reads:
+        for read in stmt.reads:  # the weight: its last index follows n (n itself, or n % panel when packed)
             last = read.region[-1].min
-            if (isinstance(last, tirx.Var) and last.same_as(spatial[-1])
+            if (_uses(last, spatial[-1:]) and not _uses(last, reduce)
                     and any(_uses(r.min, reduce) for r in read.region[:-1])):
                 return "outer"
     largest = max(stmt.reads, key=size).region[-1].min

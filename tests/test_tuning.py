@@ -250,3 +250,19 @@ def test_fast_gelu_matches_the_exact_gelu_and_propagates_nan() -> None:
     assert np.isnan(got[-3]) and got[-2] == np.inf and got[-1] == 0.0
     assert got[xs == np.float32(1e30)][0] == np.float32(1e30)
 
+
+
+@pytest.mark.parametrize("rows", [60, 120, 480])
+def test_gemm_rule_takes_packed_weights_whatever_the_activation_size(rows) -> None:
+    """A packed GEMM is an outer reduction (register-blocked over the weight's panels) even when the
+    activations outgrow the weight (DMM's x_proj at K >= 40: x 120 x 384 against 384 x 64): sent to the
+    inner rule it took 2.1 ms a call instead of ~0.1 (tools/bench/window_step.py, DMM K = 40)."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    from ssmc.compile.tuning import _reduction_kind, packed_gemm_primfunc, schedule_prim_func
+
+    func = packed_gemm_primfunc([rows, 384], 64, 16)
+    sch = s_tir.Schedule(func)
+    assert _reduction_kind(sch, normalize_prim_func(sch)[0].block_rv) == "outer"
+    assert "rf" not in schedule_prim_func(func, 8).script()  # no rfactor buffer: the GEMM rule, not rule 3
