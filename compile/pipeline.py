@@ -214,10 +214,11 @@ def _packed_weight_gemms(lanes: int) -> Callable[[Any], Any]:
     the GEMM rule's register block (compile/tuning.py, rule 2), so the kernel walks each panel's K x c floats
     in order instead of a c-float piece of every row N floats apart.
 
-    Why: a window step's weights do not stay in cache between steps (DT's are 2.9 MB, this core's L2 2 MB),
-    and the row-strided walk fetches them at latency. Measured alone with the weight flushed from cache
-    (TVM ``time_evaluator``, cache_flush_cpu_non_first_arg), 60 x 128 @ 128 x 512 took 122 µs strided and
-    73 µs packed (AVX-512), 112 and 77 µs (AVX2); with the weight in cache both run at ~55 GMAC/s.
+    Why: a window step's weights do not stay in cache between steps (DT's are 2.9 MB, more than a core's
+    L2: 1 MB on the AMD EPYC of docs/window-step.md), and the row-strided walk fetches them at latency.
+    Measured alone on that EPYC with the weight flushed from cache (TVM ``time_evaluator``,
+    cache_flush_cpu_non_first_arg), 60 x 128 @ 128 x 512 took 122 µs strided and 73 µs packed (AVX-512),
+    112 and 77 µs (AVX2); with the weight in cache both ran at ~55 GMAC/s.
     The packed constant is made at compile time (``fold-constants``), so a step does no repacking.
     Recurrent steps' GEMVs (one row) keep the plain layout: their weights stay in cache."""
     import numpy as np
