@@ -251,22 +251,49 @@ def _packed_weight_gemms(lanes: int) -> Callable[[Any], Any]:
                 return None  # a real batch of weights: not this rewrite's case
             return np.broadcast_to(inner, shape).reshape(shape[-2:])
 
-        def rewrite(call: Any, matches: Any) -> Any:
+        def root(expr: Any) -> Any:  # the constant at the bottom of the weight chain
+            expr = bound.get(expr, expr)
+            return expr if not isinstance(expr, relax.Call) else root(expr.args[0])
+
+        def packable(call: Any, matches: Any) -> tuple[Any, list[int]] | None:
             w = folded(matches[weight])
             xt = matches[x].ty
             if (w is None or w.dtype != np.float32 or w.ndim != 2 or str(call.ty.dtype) != "float32"
                     or str(getattr(xt, "dtype", "")) != "float32" or getattr(xt, "shape", None) is None):
-                return call
+                return None
             try:
                 shape = [int(d) for d in xt.shape]
             except (TypeError, ValueError):  # a symbolic size
-                return call
+                return None
             k, n = w.shape
             if shape[-1] != k or n % panel or int(np.prod(shape[:-1])) < PACK_MIN_ROWS:
+                return None
+            return w, shape
+
+        # A weight is packed only if every matmul that reads it can read it packed: DMM's recurrent step
+        # multiplies the same embedding weight over two rows (R_t, s_t) and over one (a_t), and packing the
+        # first alone stored the weight twice (its fp32 artifact grew from 0.59 to 1.0 MB).
+        every_use_packable: dict[Any, bool] = {}
+
+        def survey(call: Any, matches: Any) -> Any:
+            key = root(matches[weight])
+            every_use_packable[key] = every_use_packable.get(key, True) and packable(call, matches) is not None
+            return call
+
+        rewrite_call(pattern, survey, func)
+        packed_consts: dict[Any, Any] = {}
+
+        def rewrite(call: Any, matches: Any) -> Any:
+            key = root(matches[weight])
+            fit = packable(call, matches) if every_use_packable.get(key) else None
+            if fit is None:
                 return call
-            packed = np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+            w, shape = fit
+            k, n = w.shape
+            if key not in packed_consts:  # one packed copy per weight, however many matmuls read it
+                packed_consts[key] = relax.const(np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2)))
             kernel = bb.add_func(packed_gemm_primfunc(shape, n, panel), "packed_gemm")
-            return relax.call_tir(kernel, [matches[x], relax.const(packed)],
+            return relax.call_tir(kernel, [matches[x], packed_consts[key]],
                                   relax.TensorType([*shape[:-1], n], "float32"))
 
         return rewrite_call(pattern, rewrite, func)

@@ -238,6 +238,16 @@ def test_window_gemms_read_packed_weights_and_gemvs_do_not(checkpoint) -> None:
     assert text.count("packed_gemm") >= 2 and text.count("R.matmul") == 2, text  # only the 4 x 24 @ 24 x 32 one
     assert isinstance(packed, tvm.IRModule)
 
+    # one weight read by a 4-row and a 1-row matmul (DMM's recurrent embeddings): left plain, not stored twice
+    bb = relax.BlockBuilder()
+    shared = relax.const(rng.standard_normal((24, 32)).astype(np.float32))
+    with bb.function("main", [xs["gemm"], xs["gemv"]]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([bb.emit(relax.op.matmul(xs[name], shared)) for name in ("gemm", "gemv")]))
+        bb.emit_func_output(out)
+    text = _packed_weight_gemms(8)(bb.get()).script()
+    assert "packed_gemm" not in text and text.count("R.matmul") == 2, text
+
 
 def test_packed_gemm_kernel_matches_numpy() -> None:
     """The packed kernel alone, scheduled by the GEMM rule and built for the host: x @ W from Wp."""
