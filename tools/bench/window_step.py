@@ -268,8 +268,27 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
     for name, c in result["checks"].items():
         lines.append(f"| {name} | {_f(c['value'], 3 if isinstance(c['value'], float) else 0)} | "
                      f"{'yes' if c['met'] else '**no**'} |")
+    lines += _ratio_headroom(result)
     lines += ["", f"![latency against K]({png})", ""]
     return "\n".join(lines)
+
+
+def _ratio_headroom(result: dict[str, Any]) -> list[str]:
+    """For each "N× faster than a peer" goal, the rate the step would need: can this core reach it at all?"""
+    gemm = result["floor"]["gemm_gmacs_best"]
+    out = []
+    for r in result["rows"]:
+        for peer, want in (("ort", 1.5), ("iree", 3.0)):
+            lat = r["latency"].get(peer, {}).get("p50_us")
+            if lat is None or r["K"] != 20 or (peer, r["model"]) not in (("ort", "dt"), ("iree", "dema")):
+                continue
+            need_us = lat / want
+            need = r["macs_per_step"] / (need_us * 1e3)
+            out.append(f"- {r['model']} K={r['K']}: {want:g}x faster than {PEER_LABEL[peer]} ({lat:,.0f} µs) is "
+                       f"{need_us:,.0f} µs, i.e. its {r['macs_per_step']:,} MACs at {need:.1f} GMAC/s, against this "
+                       f"core's best single-thread GEMM rate of {gemm:.1f} GMAC/s in the same run"
+                       + (" (above it: not reachable at fp32 by any schedule)." if need > gemm else "."))
+    return ["", "What the ratio goals ask of this core:", "", *out] if out else []
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
