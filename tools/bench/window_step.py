@@ -182,11 +182,13 @@ def analyse(result: dict[str, Any]) -> None:
         s = r["latency"].get("static", {}).get("p50_us")
         checks["dema K=20 static p50 <= 250 us"] = {"value": s, "met": bool(s and s <= GOALS["dema_static_us"])}
         checks["dema K=20 >= 3x faster than IREE"] = {"value": r.get("iree_over_static"),
-                                                     "met": bool((r.get("iree_over_static") or 0) >= 3.0)}
+                                                     "met": bool((r.get("iree_over_static") or 0)
+                                                                 >= GOALS["dema_iree_ratio"])}
     if ("dt", 20) in by:
         r = by["dt", 20]
         checks["dt K=20 >= 1.5x faster than ONNX Runtime"] = {"value": r.get("ort_over_static"),
-                                                              "met": bool((r.get("ort_over_static") or 0) >= 1.5)}
+                                                              "met": bool((r.get("ort_over_static") or 0)
+                                                                          >= GOALS["dt_ort_ratio"])}
     for kind in sorted({r["model"] for r in result["rows"]}):
         sizes = {r["K"]: r["build"].get("static", {}).get("text_bytes") for r in result["rows"] if r["model"] == kind}
         if sizes.get(10) and sizes.get(160):
@@ -276,11 +278,12 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
 def _ratio_headroom(result: dict[str, Any]) -> list[str]:
     """For each "N× faster than a peer" goal, the rate the step would need: can this core reach it at all?"""
     gemm = result["floor"]["gemm_gmacs_best"]
+    goals = {("dema", "iree"): GOALS["dema_iree_ratio"], ("dt", "ort"): GOALS["dt_ort_ratio"]}
     out = []
     for r in result["rows"]:
-        for peer, want in (("ort", 1.5), ("iree", 3.0)):
+        for (model, peer), want in goals.items():
             lat = r["latency"].get(peer, {}).get("p50_us")
-            if lat is None or r["K"] != 20 or (peer, r["model"]) not in (("ort", "dt"), ("iree", "dema")):
+            if lat is None or r["K"] != 20 or r["model"] != model:
                 continue
             need_us = lat / want
             need = r["macs_per_step"] / (need_us * 1e3)
