@@ -486,26 +486,26 @@ def _size_totals(objects: list[Path]) -> dict[str, int]:
 
 def firmware_footprint(checkpoint: Path, precision: str, work: Path, steps: int = 1000) -> dict[str, Any]:
     """The ``ssmc compile --emit c`` bundle of the recurrent step as firmware would carry it: the step's objects
-    (kernels, call sequence, weights) built with the host ``cc -O2 -march=x86-64-v3`` (host's ISA), their bytes,
+    (kernels, call sequence, weights) built by the bundle's Makefile with the host ``cc -O2 -march=x86-64-v3``
+    (host's ISA), their bytes,
     and the bundle's demo driver linked ``-static`` (libc and libm inside, no loader, no shared library) with its
     peak RSS over ``steps`` steps: the memory a board pays for one policy without the runtime's dynamic
     loading, manifest checks and libraries. VmHWM is read from /proc while the demo waits for its last input."""
     from ssmc.compile.build import emit_c_source
 
     cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise RuntimeError("no host C compiler (cc) for the --emit c bundle")
+    if cc is None or shutil.which("make") is None:
+        raise RuntimeError("the --emit c bundle builds with make and a host C compiler (cc)")
     dest = emit_c_source(checkpoint, "host", precision, mode="recurrent", out=work / f"{checkpoint.name}-{precision}-c",
                          overwrite=True)
-    flags = ["-std=c99", "-O2", "-march=x86-64-v3"]
-    objects = []
-    for src in ("ssmc_step.c", "ssmc_weights.c", "kernels.c"):
-        obj = dest / src.replace(".c", ".o")
-        subprocess.run([cc, *flags, "-c", "-o", str(obj), str(dest / src)], check=True, capture_output=True)
-        objects.append(obj)
+    flags = "-O2 -march=x86-64-v3"
+    # the bundle's own Makefile builds the step's objects and libssmc_step.a, as a firmware build would
+    subprocess.run(["make", "-C", str(dest), f"CC={cc}", f"CFLAGS={flags}", "libssmc_step.a"], check=True,
+                   capture_output=True)
+    objects = [dest / name for name in ("ssmc_step.o", "ssmc_weights.o", "kernels.o")]
     demo = dest / "demo_static"
-    subprocess.run([cc, *flags, "-static", "-o", str(demo), str(dest / "demo.c"), *map(str, objects), "-lm"],
-                   check=True, capture_output=True)
+    subprocess.run([cc, "-std=c99", *flags.split(), "-static", "-o", str(demo), str(dest / "demo.c"),
+                    str(dest / "libssmc_step.a"), "-lm"], check=True, capture_output=True)
     text = (dest / "demo.c").read_text()
     n_raw = int(re.search(r"#define SSMC_DEMO_N_RAW (\d+)", text).group(1))
     in_bytes = [int(x) for x in re.search(r"#define SSMC_DEMO_IN_BYTES ([\d, ]+)", text).group(1).split(",")]
@@ -538,7 +538,7 @@ def firmware_footprint(checkpoint: Path, precision: str, work: Path, steps: int 
     if rc != 0:
         raise RuntimeError(f"{demo} failed: {proc.stderr.read().decode(errors='replace').strip()[-300:]}")
     sizes = _size_totals(objects)
-    return {"bundle": str(dest), "cflags": " ".join(flags), "step_objects": sizes,
+    return {"bundle": str(dest), "cflags": f"-std=c99 {flags}", "step_objects": sizes,
             "step_bytes": sizes["text"] + sizes["data"], "step_bss": sizes["bss"],
             "arena_bytes": int(re.search(r"#define SSMC_STEP_ARENA_BYTES (\d+)", (dest / "ssmc_step.h").read_text())
                                .group(1)),
