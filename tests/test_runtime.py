@@ -246,7 +246,8 @@ def test_artifacts_for_another_architecture_or_device_are_refused(executor, arti
 
 def test_sha256_agrees_with_hashlib_at_block_boundaries(artifacts, tmp_path) -> None:
     """Files of lengths around SHA-256's 64-byte blocks and 56-byte padding limit, and around 64 KiB
-    (the runtime's read chunk: exactly one, one and a byte, several and a remainder), listed with hashlib's digests: the C runtime accepts all of them."""
+    (the runtime's read chunk: exactly one, one and a byte, several and a remainder), listed with hashlib's
+    digests: the C runtime accepts all of them."""
     path = _copy(artifacts("dmm"), tmp_path)
     m = json.loads((path / "manifest.json").read_text())
     rng = np.random.default_rng(0)

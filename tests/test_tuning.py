@@ -251,7 +251,6 @@ def test_fast_gelu_matches_the_exact_gelu_and_propagates_nan() -> None:
     assert got[xs == np.float32(1e30)][0] == np.float32(1e30)
 
 
-
 @pytest.mark.parametrize("rows", [60, 120, 480])
 def test_gemm_rule_takes_packed_weights_whatever_the_activation_size(rows) -> None:
     """A packed GEMM is an outer reduction (register-blocked over the weight's panels) even when the
