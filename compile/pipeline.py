@@ -312,18 +312,37 @@ def _int8_weight_matmuls(mod: Any) -> Any:
     """``matmul(x, astype(W, "float32"))`` with a constant int8 ``W`` -> ``matmul(x, W, out_dtype="float32")``.
 
     TVM's matmul casts each operand to the output dtype inside its reduction, so the int8 weight is
-    read as stored; without this rewrite FoldConstant would turn the cast weight into fp32.
+    read as stored; without this rewrite FoldConstant would turn the cast weight into fp32. ``W`` may
+    also be a ``strided_slice`` of the int8 constant (``Int8Linear.columns``, compile/quantize.py: DeMa's
+    x_proj as two products); the slice is taken here, on the int8 values, into a new int8 constant.
     """
+    import numpy as np
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, wildcard
 
-    x, weight = wildcard(), is_const()
+    x, const = wildcard(), is_const()
+    sliced = is_op("relax.strided_slice")(const, wildcard(), wildcard(), wildcard()) | is_op("relax.strided_slice")(
+        const, wildcard(), wildcard(), wildcard(), wildcard())
+    weight = const | sliced
     pattern = is_op("relax.matmul")(x, is_op("relax.astype")(weight))
 
+    def int8_value(expr: Any) -> Any:  # the int8 weight as numpy (the slice applied), or None
+        sliced_call = isinstance(expr, relax.Call)
+        array = (expr.args[0] if sliced_call else expr).value.numpy()
+        if array.dtype != np.int8 or not sliced_call:
+            return array if array.dtype == np.int8 else None
+        axes, begin, end, *strides = ([int(f.value) for f in arg.fields] for arg in expr.args[1:])
+        index = [slice(None)] * array.ndim
+        for i, axis in enumerate(axes):
+            index[axis] = slice(begin[i], min(end[i], array.shape[axis]), strides[0][i] if strides else 1)
+        return np.ascontiguousarray(array[tuple(index)])
+
     def rewrite(call: Any, matches: Any) -> Any:
-        if str(matches[weight].value.dtype) != "int8" or str(call.attrs.out_dtype) not in ("", "void", "float32"):
+        value = int8_value(matches[weight])
+        if value is None or str(call.attrs.out_dtype) not in ("", "void", "float32"):
             return call
-        return relax.op.matmul(matches[x], matches[weight], out_dtype="float32")
+        w = matches[weight] if not isinstance(matches[weight], relax.Call) else relax.const(value)
+        return relax.op.matmul(matches[x], w, out_dtype="float32")
 
     return _rewrite_all(mod, pattern, rewrite)
 

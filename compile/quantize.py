@@ -58,6 +58,17 @@ class Int8Linear(nn.Module):
         """The fp32 weight this layer multiplies by, (in, out)."""
         return self.weight_int8.to(torch.float32) * self.scale
 
+    def columns(self, x: Tensor, start: int, stop: int) -> Tensor:
+        """Output channels ``start:stop`` alone: the same dot products as ``forward(x)[..., start:stop]``.
+
+        Mamba's ``_x_proj`` (train/models/mamba.py) takes Δ's and B/C's columns as two products so each is a
+        vector-width multiple wide; the int8 weight is sliced in the graph, and the pipeline's
+        ``int8-matmuls`` stage folds that slice on the int8 constant (it stays int8)."""
+        y = (x.reshape(-1, self.in_features) @ self.weight_int8[:, start:stop].to(torch.float32)) * self.scale[start:stop]
+        if self.bias is not None:
+            y = y + self.bias[start:stop]
+        return y.reshape(*x.shape[:-1], stop - start)
+
     def forward(self, x: Tensor) -> Tensor:
         # A 2-D matmul whatever x's rank: on a transposed (non-contiguous) 3-D input, torch.export would
         # otherwise emit a bmm with the weight broadcast to 3-D, a shape the int8-matmuls stage does not

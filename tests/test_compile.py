@@ -27,7 +27,7 @@ from ssmc.compile.cuda import cuda_archs
 from ssmc.compile.export import StepFunction, export_step, run_torch
 from ssmc.compile.measure import STEPS, compare_with_pytorch
 from ssmc.compile.pipeline import stage_names
-from ssmc.compile.quantize import int8_layers, quantize_int8
+from ssmc.compile.quantize import Int8Linear, int8_layers, quantize_int8
 from ssmc.errors import ConfigError
 from ssmc.numerics import max_rel_error
 from ssmc.targets import load_target
@@ -311,11 +311,18 @@ def test_int8_artifact_stores_int8_weights(checkpoints, artifacts) -> None:
     # above) shrinks by the same bytes, up to the 64-byte alignment of each weight, scale and fp32 weight
     blob_saved = fp32.extra["static"]["weight_bytes"] - int8.extra["static"]["weight_bytes"]
     assert abs(blob_saved - (3 * weight_elems - scales)) < 3 * 64 * len(layers)
-    # the bytes are in the library verbatim: the int8 matrix, not an fp32 dequantised copy
+    # the bytes are in the library verbatim: every int8 matrix, not an fp32 dequantised copy; x_proj (d_state 32)
+    # as its two column blocks, Δ's and B/C's (mamba.py _x_proj), each sliced from the int8 values
     lib = (artifacts("dema-rnn", "int8") / "lib.so").read_bytes()
-    biggest = max(layers, key=lambda layer: layer.weight_int8.numel())
-    assert biggest.weight_int8.detach().numpy().tobytes() in lib
-    assert biggest.dequantized().detach().numpy().tobytes() not in lib
+    quantized = quantize_int8(model)
+    for name, layer in quantized.named_modules():
+        if not isinstance(layer, Int8Linear):
+            continue
+        w = layer.weight_int8.detach().numpy()
+        r = quantized.get_submodule(name.rpartition(".")[0]).dt_rank if name.endswith("x_proj") else None
+        for block in [w] if r is None else [w[:, :r], w[:, r:]]:
+            assert np.ascontiguousarray(block).tobytes() in lib, name
+        assert layer.dequantized().detach().numpy().tobytes() not in lib, name
 
 
 def test_fp16_artifact_stores_fp16_weight_matrices(artifacts) -> None:

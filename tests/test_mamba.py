@@ -214,3 +214,31 @@ def test_macs_per_token_counts_projections_conv_and_scan():
     expected = 64 * 256 + 128 * 4 + 128 * (4 + 128) + 4 * 128 + 3 * 128 * 64 + 2 * 128 + 128 * 64
     assert m.macs_per_token() == expected
     assert Mamba(64, d_state=64, expand=2, use_conv=False).macs_per_token() == expected - 128 * 4
+
+
+@pytest.mark.parametrize("d_state", [16, 32])
+def test_int8_x_proj_split_in_the_export_form_equals_the_whole_product(d_state):
+    """With compile/quantize.py's Int8Linear as x_proj, the export form takes Δ's and B/C's columns as two
+    products (``Int8Linear.columns``) at d_state 32 and the whole product at 16; either way the same numbers
+    as the eager, whole product, and ``columns`` is that product's slice."""
+    from ssmc.compile.quantize import Int8Linear
+    from ssmc.train.models.scan_op import fused_scan_export
+
+    torch.manual_seed(2)
+    m = Mamba(32, d_state=d_state).eval()
+    m.x_proj = Int8Linear(m.x_proj)
+    x = torch.randn(2, 3, m.d_inner)
+    calls = []
+    columns = m.x_proj.columns
+    m.x_proj.columns = lambda x, start, stop: calls.append((start, stop)) or columns(x, start, stop)
+    with torch.no_grad():
+        whole = m.x_proj(x)
+        assert torch.allclose(columns(x, 5, 20), whole[..., 5:20], rtol=1e-6, atol=1e-6)
+        want = m._split_xdbl(whole)
+        with fused_scan_export():
+            got = m._x_proj(x)
+    width = m.dt_rank + 2 * d_state
+    assert calls == ([(0, m.dt_rank), (m.dt_rank, width)] if d_state == 32 else [])
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
