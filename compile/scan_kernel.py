@@ -8,7 +8,7 @@ export the scan is one opaque custom op (``ssmc.train.models.scan.fused_scan_exp
 (compile/pipeline.py) turns it into a ``call_tir`` to the PrimFunc built here, so the step's code is
 flat in K and the state of each channel stays in registers across the tokens.
 
-The kernel, per (batch, channel) ``(bi, di)``, with ``h`` the channel's ``d_state`` floats::
+The recurrence, per (batch, channel) ``(bi, di)``, with ``h`` the channel's ``d_state`` floats::
 
     h = h0[bi, di, :]  (or 0)
     for t in range(L):
@@ -16,6 +16,18 @@ The kernel, per (batch, channel) ``(bi, di)``, with ``h`` the channel's ``d_stat
         h = 2^w * h + du[bi, t, di] * B[bi, t, :]
         y[bi, t, di] = sum(h * C[bi, t, :])
     hL[bi, di, :] = h
+
+The kernel runs it chunk-major: the ``d_state`` axis is split into vectors of ``lanes`` floats (chunks),
+and for each chunk the tokens run innermost, so a chunk's state and its ``A2`` are one register each
+across the tokens and the loop body needs a handful of registers whatever ``d_state`` is. Each token's
+``h * C`` products go lane-wise into a partial-sum vector per token (``acc``), summed pairwise
+(``lanes/2 + lanes/4 + ...`` adds) once all chunks are done. Tokens go in blocks of ``TOKEN_BLOCK`` so
+``acc`` stays small (16 tokens x 16 floats: 1 KB of stack), the state carried between blocks in ``hL``.
+Token-major (every chunk of one token, then the next token), the whole state had to stay in registers:
+64 floats are 8 of AVX2's 16 vector registers, and the compiled loop spilled. Measured with
+tools/bench/scan_kernel.py on the AMD EPYC of docs/static-step.md (9 interleaved rounds, against
+token-major with a serial lane sum): DeMa's recurrent call 1.26x faster at AVX2 and 1.07x at AVX-512,
+its K = 20 window 1.26x and 1.33x, DMM's recurrent call 1.10x and 1.26x; outputs within 1.6e-7.
 
 ``2^w`` is computed as arithmetic that vectorises (``exp2`` lowers to a libm call per lane): ``w = m + g``
 with ``m = round(w)`` (by adding and subtracting ``ROUND_MAGIC``) and ``g`` in [-1/2, 1/2]; ``2^g = 1 + g·P(g)``
@@ -26,8 +38,7 @@ The exponent is clamped at -60 (Δ > 0 and A < 0, so ``w <= 0``): ``2^w`` is the
 become denormal floats, and x86 cores take microcode assists on them: measured here, a DeMa-sized
 layer (60 tokens, 128 x 64 state) took 4-11 ns per state element instead of 0.5-0.9. The clamp
 changes a product that is below 8.7e-19 · |h| by less than that, far below fp32's resolution of
-the sum it is added into. The ``d_state`` axis is split into vectors of ``lanes`` floats and the products are
-accumulated lane-wise, then summed once per token.
+the sum it is added into.
 
 TVM 0.27 note: a scalar let-binding inside a ``T.vectorized`` loop is broadcast from the last lane
 (measured: wrong results), so per-lane temporaries live in lane-wide local buffers here.
@@ -57,6 +68,10 @@ LOG2E = 1.0 / math.log(2.0)
 ROUND_MAGIC = 8389120.0
 
 
+#: Tokens per block (see the module docstring): each block's per-token partial sums stay in L1.
+TOKEN_BLOCK = 16
+
+
 def scan_lanes(d_state: int, lanes: int) -> int:
     """The widest vector (at most ``lanes`` floats) that divides ``d_state``; 16-float vectors only when a
     channel has at least two of them (d_state >= 32).
@@ -81,28 +96,35 @@ def selective_scan_primfunc(batch: int, length: int, d_inner: int, d_state: int,
     b, L, d, n = batch, length, d_inner, d_state
     v = scan_lanes(n, lanes)
     chunks = n // v
+    tb = min(L, TOKEN_BLOCK)
+    blocks = -(-L // tb)
     p1, p2, p3, p4, p5 = EXP2_POLY
     lo = EXP2_LO
 
     @T.macro
     def body(delta, du, A2, B, C, h0, y, hL, use_h0):  # noqa: ANN001 - TVMScript buffers
-        h = T.alloc_buffer((n,), "float32", scope="local")
+        h = T.alloc_buffer((v,), "float32", scope="local")
+        a = T.alloc_buffer((v,), "float32", scope="local")
         w = T.alloc_buffer((v,), "float32", scope="local")
         m = T.alloc_buffer((v,), "float32", scope="local")
         e = T.alloc_buffer((v,), "float32", scope="local")
-        acc = T.alloc_buffer((v,), "float32", scope="local")
-        for bi, di in T.grid(b, d):
-            for k in T.vectorized(n):
-                if use_h0:
-                    h[k] = h0[bi, di, k]
-                else:
-                    h[k] = T.float32(0)
-            for t in range(L):
+        acc = T.alloc_buffer((tb * v,), "float32", scope="local")
+        for bi, di, blk in T.grid(b, d, blocks):
+            for k in T.vectorized(tb * v):
+                acc[k] = T.float32(0)
+            for c in range(chunks):
                 for j in T.vectorized(v):
-                    acc[j] = T.float32(0)
-                for c in range(chunks):
+                    a[j] = A2[di, c * v + j]
+                for j in T.vectorized(v):  # the state's chunk: from h0 (or 0), then carried in hL between blocks
+                    if blk > 0:
+                        h[j] = hL[bi, di, c * v + j]
+                    elif use_h0:
+                        h[j] = h0[bi, di, c * v + j]
+                    else:
+                        h[j] = T.float32(0)
+                for i in range(T.min(tb, L - blk * tb)):
                     for j in T.vectorized(v):  # the exponent, clamped, split into m + g
-                        w[j] = T.max(delta[bi, t, di] * A2[di, c * v + j], T.float32(lo))
+                        w[j] = T.max(delta[bi, blk * tb + i, di] * a[j], T.float32(lo))
                     for j in T.vectorized(v):  # w + 2^23 + 2^9: round(w) in the low mantissa bits
                         m[j] = w[j] + T.float32(ROUND_MAGIC)
                     for j in T.vectorized(v):
@@ -113,14 +135,24 @@ def selective_scan_primfunc(batch: int, length: int, d_inner: int, d_state: int,
                               + T.float32(p3)) * w[j] + T.float32(p4)) * w[j] + T.float32(p5)))
                             + T.shift_left(T.reinterpret("int32", m[j]), 23))
                     for j in T.vectorized(v):
-                        h[c * v + j] = h[c * v + j] * e[j] + du[bi, t, di] * B[bi, t, c * v + j]
+                        h[j] = h[j] * e[j] + du[bi, blk * tb + i, di] * B[bi, blk * tb + i, c * v + j]
                     for j in T.vectorized(v):
-                        acc[j] = acc[j] + h[c * v + j] * C[bi, t, c * v + j]
-                y[bi, t, di] = T.float32(0)
-                for j in range(v):
-                    y[bi, t, di] = y[bi, t, di] + acc[j]
-            for k in T.vectorized(n):
-                hL[bi, di, k] = h[k]
+                        acc[i * v + j] = acc[i * v + j] + h[j] * C[bi, blk * tb + i, c * v + j]
+                for j in T.vectorized(v):
+                    hL[bi, di, c * v + j] = h[j]
+            for i in range(T.min(tb, L - blk * tb)):  # each token's lanes summed pairwise: v/2 + v/4 + ... adds
+                if v >= 16:
+                    for j in T.vectorized(8):
+                        acc[i * v + j] = acc[i * v + j] + acc[i * v + j + 8]
+                if v >= 8:
+                    for j in T.vectorized(4):
+                        acc[i * v + j] = acc[i * v + j] + acc[i * v + j + 4]
+                if v >= 4:
+                    for j in T.vectorized(2):
+                        acc[i * v + j] = acc[i * v + j] + acc[i * v + j + 2]
+                if v >= 2:
+                    acc[i * v] = acc[i * v] + acc[i * v + 1]
+                y[bi, blk * tb + i, di] = acc[i * v]
 
     if with_h0:
         @T.prim_func(private=True)

@@ -173,10 +173,12 @@ def test_mamba_under_the_export_context_computes_the_same_function(use_conv) -> 
 
 
 @pytest.mark.parametrize("b,L,d,n,lanes,with_h0", [(1, 60, 16, 64, 8, False), (3, 5, 8, 16, 8, True),
-                                                  (2, 4, 4, 12, 8, True), (1, 3, 5, 7, 16, False)])
+                                                  (2, 4, 4, 12, 8, True), (1, 3, 5, 7, 16, False),
+                                                  (2, 37, 8, 32, 16, True), (1, 17, 4, 16, 8, True)])
 def test_scan_kernel_matches_the_operator(b, L, d, n, lanes, with_h0) -> None:
     """The TIR loop, built alone for the host, against the operator's eager recurrence (fp64 reference),
-    including state sizes the lanes do not divide and a decay strong enough to reach the exponent clamp."""
+    including state sizes the lanes do not divide, a decay strong enough to reach the exponent clamp, and
+    token counts over ``TOKEN_BLOCK`` (the state carried between blocks) that it does not divide."""
     import tvm
 
     delta, u, A, B, C, h0 = _scan_inputs(b, L, d, n, seed=n)
