@@ -10,8 +10,9 @@
                     and produces fp32; everything else (norms, exp/softplus, the SSM state, A, Δ) stays fp32
     int8-matmuls    int8 only: ``x @ float(W_int8)`` becomes one mixed-dtype matmul reading the int8
                     weight directly, so no fp32 copy of the weight exists, at compile time or run time
-    pack-weights    CPU, fp32 only: a matmul over several rows (a window's tokens) with a constant (K, N)
-                    weight reads it packed in column panels two vectors wide (``_packed_weight_gemms``)
+    pack-weights    CPU, fp32 and int8: a matmul over several rows (a window's tokens, a layer-major
+                    recurrent step's) with a constant (K, N) fp32 or int8 weight reads it packed in column
+                    panels two vectors wide, int8 kept int8 (``_packed_weight_gemms``)
     fast-exp        CPU only: ``exp``, ``sigmoid``, ``silu`` and ``log`` as vectorisable arithmetic
                     (``tuning.FAST_MATH``) instead of one libm call per element (the SSM's exp(Δ·A),
                     softplus' exp and log for Δ, SiLU and the gate)
@@ -49,7 +50,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,6 +161,57 @@ def import_program(program: torch.export.ExportedProgram, lanes: int = 4) -> Any
         return from_exported_program(program, keep_params_as_input=False, custom_convert_map=convert)
 
 
+def _weight_pattern() -> tuple[Any, Any]:
+    """``(weight, const)``: a constant weight as a matmul reads it after the import, and its constant. The
+    constant, optionally sliced (``strided_slice``: Mamba's x_proj as two products, train/models/mamba.py),
+    then optionally transposed (``permute_dims``: nn.Linear's (out, in) weight), then optionally broadcast
+    (``broadcast_to``: a 3-D input's matmul)."""
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    const = is_const()
+    slice_op = is_op("relax.strided_slice")
+    sliced = const | slice_op(const, wildcard(), wildcard(), wildcard()) | slice_op(
+        const, wildcard(), wildcard(), wildcard(), wildcard())
+    transposed = sliced | is_op("relax.permute_dims")(sliced)
+    return transposed | is_op("relax.broadcast_to")(transposed, wildcard()), const
+
+
+def _fold_weight(expr: Any, bound: Mapping[Any, Any]) -> Any:
+    """The weight chain ``expr`` (``_weight_pattern``) evaluated on its constant with numpy, dtype kept; None
+    for a broadcast to a real batch of weights. ``bound`` maps the function's variables to their values."""
+    import numpy as np
+    from tvm import relax
+
+    expr = bound.get(expr, expr)
+    if not isinstance(expr, relax.Call):  # the constant itself
+        return expr.value.numpy()
+    inner = _fold_weight(expr.args[0], bound)
+    if inner is None:
+        return None
+    name = expr.op.name
+    if name == "relax.strided_slice":
+        axes, begin, end, *strides = ([int(f.value) for f in arg.fields] for arg in expr.args[1:])
+        index = [slice(None)] * inner.ndim
+        for i, axis in enumerate(axes):
+            index[axis] = slice(begin[i], min(end[i], inner.shape[axis]), strides[0][i] if strides else 1)
+        return np.ascontiguousarray(inner[tuple(index)])
+    if name == "relax.permute_dims":
+        axes = None if expr.attrs.axes is None else [int(a) for a in expr.attrs.axes]
+        return np.transpose(inner, axes)
+    shape = [int(d) for d in expr.args[1].values]
+    if any(d != 1 for d in shape[:-2]):
+        return None  # a real batch of weights: not a weight matmul
+    return np.broadcast_to(inner, shape).reshape(shape[-2:])
+
+
+def pack_panels(w: Any, panel: int) -> Any:
+    """A (K, N) weight in ``panel``-wide column panels, (N / panel, K, panel): ``Wp[j, k, :] = W[k, j*panel:(j+1)*panel]``."""
+    import numpy as np
+
+    k, n = w.shape
+    return np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+
+
 def _fp16_weight_matmuls(mod: Any) -> Any:
     """Every ``matmul(x, W)`` with a constant fp32 weight becomes ``matmul(fp16(x), fp16(W))`` with an
     fp32 result; nothing else changes dtype.
@@ -209,10 +261,12 @@ PACK_MIN_ROWS = 2
 
 
 def _packed_weight_gemms(lanes: int) -> Callable[[Any], Any]:
-    """Every fp32 ``matmul(x, W)`` over several rows (a window's tokens: a GEMM) with a constant ``W`` (K, N)
-    reads ``W`` packed in panels: ``Wp[j, k, :] = W[k, j*c:(j+1)*c]`` with ``c`` = 2 vectors, the width of
-    the GEMM rule's register block (compile/tuning.py, rule 2), so the kernel walks each panel's K x c floats
-    in order instead of a c-float piece of every row N floats apart.
+    """Every ``matmul(x, W)`` over several rows (a window's tokens, or a layer-major recurrent step's: a GEMM)
+    with a constant fp32 or int8 ``W`` (K, N) reads ``W`` packed in panels, ``pack_panels``: ``Wp[j, k, :] =
+    W[k, j*c:(j+1)*c]`` with ``c`` = 2 vectors, the width of the GEMM rule's register block (compile/tuning.py,
+    rule 2), so the kernel walks each panel's K x c values in order instead of a c-value piece of every row N
+    apart. An int8 weight stays int8 in its panels (the kernel widens it to fp32 in the loop, as the plain
+    int8 matmul does).
 
     Why: a window step's weights do not stay in cache between steps (DT's are 2.9 MB, more than a core's
     L2: 1 MB on the AMD EPYC of docs/window-step.md), and the row-strided walk fetches them at latency.
@@ -220,45 +274,33 @@ def _packed_weight_gemms(lanes: int) -> Callable[[Any], Any]:
     cache_flush_cpu_non_first_arg), 60 x 128 @ 128 x 512 took 122 µs strided and 73 µs packed (AVX-512),
     112 and 77 µs (AVX2); with the weight in cache both ran at ~55 GMAC/s.
     The packed constant is made at compile time (``fold-constants``), so a step does no repacking.
-    Recurrent steps' GEMVs (one row) keep the plain layout: their weights stay in cache."""
+    One-row matmuls (GEMVs) keep the plain layout: their weights stay in cache."""
     import numpy as np
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
     from ssmc.compile.tuning import packed_gemm_primfunc
 
-    x, const = wildcard(), is_const()
-    transposed = const | is_op("relax.permute_dims")(const)
-    weight = transposed | is_op("relax.broadcast_to")(transposed, wildcard())
+    x = wildcard()
+    weight, _ = _weight_pattern()
     pattern = is_op("relax.matmul")(x, weight)
     panel = 2 * lanes
 
     def pack(func: Any, bb: Any) -> Any:
         bound = relax.analysis.get_var2val(func)
 
-        def folded(expr: Any) -> Any:  # the weight chain evaluated on the constant, or None
+        def key(expr: Any, spec: tuple = ()) -> tuple:  # which values a chain reads: its constant and slices
             expr = bound.get(expr, expr)
-            if not isinstance(expr, relax.Call):  # the constant itself
-                return expr.value.numpy()
-            inner = folded(expr.args[0])
-            if inner is None:
-                return None
-            if expr.op.name == "relax.permute_dims":
-                axes = None if expr.attrs.axes is None else [int(a) for a in expr.attrs.axes]
-                return np.transpose(inner, axes)
-            shape = [int(d) for d in expr.args[1].values]
-            if any(d != 1 for d in shape[:-2]):
-                return None  # a real batch of weights: not this rewrite's case
-            return np.broadcast_to(inner, shape).reshape(shape[-2:])
-
-        def root(expr: Any) -> Any:  # the constant at the bottom of the weight chain
-            expr = bound.get(expr, expr)
-            return expr if not isinstance(expr, relax.Call) else root(expr.args[0])
+            if not isinstance(expr, relax.Call):
+                return expr, spec
+            if expr.op.name == "relax.strided_slice":
+                spec = (*spec, tuple(tuple(int(f.value) for f in arg.fields) for arg in expr.args[1:]))
+            return key(expr.args[0], spec)
 
         def packable(call: Any, matches: Any) -> tuple[Any, list[int]] | None:
-            w = folded(matches[weight])
+            w = _fold_weight(matches[weight], bound)
             xt = matches[x].ty
-            if (w is None or w.dtype != np.float32 or w.ndim != 2 or str(call.ty.dtype) != "float32"
+            if (w is None or w.dtype not in (np.float32, np.int8) or w.ndim != 2 or str(call.ty.dtype) != "float32"
                     or str(getattr(xt, "dtype", "")) != "float32" or getattr(xt, "shape", None) is None):
                 return None
             try:
@@ -276,25 +318,23 @@ def _packed_weight_gemms(lanes: int) -> Callable[[Any], Any]:
         every_use_packable: dict[Any, bool] = {}
 
         def survey(call: Any, matches: Any) -> Any:
-            key = root(matches[weight])
-            every_use_packable[key] = every_use_packable.get(key, True) and packable(call, matches) is not None
+            k = key(matches[weight])
+            every_use_packable[k] = every_use_packable.get(k, True) and packable(call, matches) is not None
             return call
 
         rewrite_call(pattern, survey, func)
         packed_consts: dict[Any, Any] = {}
 
         def rewrite(call: Any, matches: Any) -> Any:
-            key = root(matches[weight])
-            fit = packable(call, matches) if every_use_packable.get(key) else None
+            k = key(matches[weight])
+            fit = packable(call, matches) if every_use_packable.get(k) else None
             if fit is None:
                 return call
             w, shape = fit
-            k, n = w.shape
-            if key not in packed_consts:  # one packed copy per weight, however many matmuls read it
-                packed_consts[key] = relax.const(np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2)))
-            kernel = bb.add_func(packed_gemm_primfunc(shape, n, panel), "packed_gemm")
-            return relax.call_tir(kernel, [matches[x], packed_consts[key]],
-                                  relax.TensorType([*shape[:-1], n], "float32"))
+            if k not in packed_consts:  # one packed copy per weight, however many matmuls read it
+                packed_consts[k] = relax.const(pack_panels(w, panel))
+            kernel = bb.add_func(packed_gemm_primfunc(shape, w.shape[1], panel, str(w.dtype)), "packed_gemm")
+            return relax.call_tir(kernel, [matches[x], packed_consts[k]], relax.TensorType([*shape[:-1], w.shape[1]], "float32"))
 
         return rewrite_call(pattern, rewrite, func)
 
@@ -313,35 +353,26 @@ def _int8_weight_matmuls(mod: Any) -> Any:
 
     TVM's matmul casts each operand to the output dtype inside its reduction, so the int8 weight is
     read as stored; without this rewrite FoldConstant would turn the cast weight into fp32. ``W`` may
-    also be a ``strided_slice`` of the int8 constant (``Int8Linear.columns``, compile/quantize.py: DeMa's
-    x_proj as two products); the slice is taken here, on the int8 values, into a new int8 constant.
+    also be a slice of the int8 constant (``Int8Linear.columns``, compile/quantize.py: DeMa's x_proj as
+    two products); the slice is taken here, on the int8 values, into a new int8 constant.
     """
     import numpy as np
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
-    x, const = wildcard(), is_const()
-    sliced = is_op("relax.strided_slice")(const, wildcard(), wildcard(), wildcard()) | is_op("relax.strided_slice")(
-        const, wildcard(), wildcard(), wildcard(), wildcard())
-    weight = const | sliced
+    x = wildcard()
+    weight, const = _weight_pattern()
     pattern = is_op("relax.matmul")(x, is_op("relax.astype")(weight))
 
-    def int8_value(expr: Any) -> Any:  # the int8 weight as numpy (the slice applied), or None
-        sliced_call = isinstance(expr, relax.Call)
-        array = (expr.args[0] if sliced_call else expr).value.numpy()
-        if array.dtype != np.int8 or not sliced_call:
-            return array if array.dtype == np.int8 else None
-        axes, begin, end, *strides = ([int(f.value) for f in arg.fields] for arg in expr.args[1:])
-        index = [slice(None)] * array.ndim
-        for i, axis in enumerate(axes):
-            index[axis] = slice(begin[i], min(end[i], array.shape[axis]), strides[0][i] if strides else 1)
-        return np.ascontiguousarray(array[tuple(index)])
-
     def rewrite(call: Any, matches: Any) -> Any:
-        value = int8_value(matches[weight])
-        if value is None or str(call.attrs.out_dtype) not in ("", "void", "float32"):
+        if str(matches[const].value.dtype) != "int8" or str(call.attrs.out_dtype) not in ("", "void", "float32"):
             return call
-        w = matches[weight] if not isinstance(matches[weight], relax.Call) else relax.const(value)
+        w = matches[weight]
+        if isinstance(w, relax.Call):  # sliced, transposed or broadcast: that chain taken on the int8 values
+            value = _fold_weight(w, {})
+            if value is None:
+                return call
+            w = relax.const(np.ascontiguousarray(value))
         return relax.op.matmul(matches[x], w, out_dtype="float32")
 
     return _rewrite_all(mod, pattern, rewrite)
@@ -400,11 +431,11 @@ def stages(target: Target, precision: str, schedule: bool = True, executor: str 
         out.append(Stage("int8-matmuls", "matmuls read the int8 weights directly (nothing left to fold to fp32)",
                          _int8_weight_matmuls))
     cpu_schedule = schedule and target.device != "cuda"
-    if cpu_schedule and precision == "fp32":
+    if cpu_schedule and precision in ("fp32", "int8"):
         from ssmc.compile.tuning import vector_lanes
 
         lanes = vector_lanes(target.tvm_target())
-        out.append(Stage("pack-weights", f"GEMM weights packed in {2 * lanes}-float panels (window steps' matmuls)",
+        out.append(Stage("pack-weights", f"GEMM weights (fp32, int8) packed in {2 * lanes}-wide panels (matmuls of 2+ rows)",
                          _packed_weight_gemms(lanes)))
     if cpu_schedule:
         from ssmc.compile.tuning import fast_exp_pass

@@ -288,12 +288,13 @@ def schedule_prim_func(func: Any, lanes: int) -> Any | None:
     return sch.mod["main"] if changed else None
 
 
-def packed_gemm_primfunc(x_shape: list[int], n: int, panel: int) -> Any:
-    """``out[..., m, j*panel + c] = sum_k x[..., m, k] * Wp[j, k, c]``: a matmul whose (K, N) weight is stored
-    in ``panel``-wide column panels (compile/pipeline.py's ``pack-weights`` stage), fp32. Rule 2 schedules it
-    as any (K, N) matmul: its register block is one panel wide, so each ``k`` reads ``panel`` consecutive
-    floats and a panel is read front to back. Marked out-elementwise-fusable, so the bias and activation
-    after it fuse into it as they do into a plain matmul."""
+def packed_gemm_primfunc(x_shape: list[int], n: int, panel: int, weight_dtype: str = "float32") -> Any:
+    """``out[..., m, j*panel + c] = sum_k x[..., m, k] * float(Wp[j, k, c])``: a matmul whose (K, N) weight is
+    stored in ``panel``-wide column panels (compile/pipeline.py's ``pack-weights`` stage), fp32 or int8 (widened
+    to fp32 in the loop), fp32 activations and result. Rule 2 schedules it as any (K, N) matmul: its register
+    block is one panel wide, so each ``k`` reads ``panel`` consecutive values and a panel is read front to back.
+    Marked out-elementwise-fusable, so the bias, activation or int8 scale after it fuse into it as they do
+    into a plain matmul."""
     from tvm import te, tirx
 
     def i64(*dims: int) -> tuple[Any, ...]:  # int64 extents, as LegalizeOps writes them (FuseTIR compares)
@@ -301,10 +302,14 @@ def packed_gemm_primfunc(x_shape: list[int], n: int, panel: int) -> Any:
 
     *lead, k = x_shape
     x = te.placeholder(i64(*x_shape), "float32", name="x")
-    w = te.placeholder(i64(n // panel, k, panel), "float32", name="w")
+    w = te.placeholder(i64(n // panel, k, panel), weight_dtype, name="w")
     r = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", k)), "k")
-    out = te.compute(i64(*lead, n), lambda *i: te.sum(x[(*i[:-1], r)] * w[i[-1] // panel, r, i[-1] % panel], axis=r),
-                     name="matmul")
+
+    def weight(i: Any) -> Any:
+        value = w[i // panel, r, i % panel]
+        return value if weight_dtype == "float32" else value.astype("float32")
+
+    out = te.compute(i64(*lead, n), lambda *i: te.sum(x[(*i[:-1], r)] * weight(i[-1]), axis=r), name="matmul")
     func = te.create_prim_func([x, w, out]).with_attr("op_pattern", 4)  # kOutEWiseFusable
     return func.without_attr("global_symbol")  # private: the module names it
 

@@ -26,8 +26,9 @@ from ssmc.compile.build import step_runner
 from ssmc.compile.cuda import cuda_archs
 from ssmc.compile.export import StepFunction, export_step, run_torch
 from ssmc.compile.measure import STEPS, compare_with_pytorch
-from ssmc.compile.pipeline import stage_names
+from ssmc.compile.pipeline import pack_panels, stage_names
 from ssmc.compile.quantize import Int8Linear, int8_layers, quantize_int8
+from ssmc.compile.tuning import vector_lanes
 from ssmc.errors import ConfigError
 from ssmc.numerics import max_rel_error
 from ssmc.targets import load_target
@@ -312,17 +313,23 @@ def test_int8_artifact_stores_int8_weights(checkpoints, artifacts) -> None:
     blob_saved = fp32.extra["static"]["weight_bytes"] - int8.extra["static"]["weight_bytes"]
     assert abs(blob_saved - (3 * weight_elems - scales)) < 3 * 64 * len(layers)
     # the bytes are in the library verbatim: every int8 matrix, not an fp32 dequantised copy; x_proj (d_state 32)
-    # as its two column blocks, Δ's and B/C's (mamba.py _x_proj), each sliced from the int8 values
+    # as its two column blocks, Δ's and B/C's (mamba.py _x_proj), each sliced from the int8 values; a matrix
+    # that the step multiplies over its 3 tokens at once in the pack-weights stage's panels, still int8
     lib = (artifacts("dema-rnn", "int8") / "lib.so").read_bytes()
-    quantized = quantize_int8(model)
+    panel = 2 * vector_lanes(load_target("host").tvm_target())
+    quantized, packed = quantize_int8(model), 0
     for name, layer in quantized.named_modules():
         if not isinstance(layer, Int8Linear):
             continue
         w = layer.weight_int8.detach().numpy()
         r = quantized.get_submodule(name.rpartition(".")[0]).dt_rank if name.endswith("x_proj") else None
         for block in [w] if r is None else [w[:, :r], w[:, r:]]:
-            assert np.ascontiguousarray(block).tobytes() in lib, name
+            plain = np.ascontiguousarray(block).tobytes()
+            panels = pack_panels(block, panel).tobytes() if block.shape[1] % panel == 0 else None
+            assert plain in lib or (panels is not None and panels in lib), name
+            packed += panels is not None and plain not in lib
         assert layer.dequantized().detach().numpy().tobytes() not in lib, name
+    assert packed >= 2  # in_proj and out_proj (3 rows a step) at least
 
 
 def test_fp16_artifact_stores_fp16_weight_matrices(artifacts) -> None:

@@ -108,7 +108,7 @@ def test_scheduled_kernels_compute_what_the_default_ones_compute(kind, precision
         if not isinstance(func, tirx.PrimFunc):
             continue
         new = schedule_prim_func(func, lanes)
-        if "matmul" in gv.name_hint:
+        if "matmul" in gv.name_hint or "packed_gemm" in gv.name_hint:  # packed_gemm: the pack-weights stage's
             matmuls.append((gv.name_hint, new))
         if new is None:
             continue

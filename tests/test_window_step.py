@@ -208,18 +208,19 @@ def test_scan_lanes_keeps_two_vectors_per_channel_at_16_lanes() -> None:
 # -- packed GEMM weights (compile/pipeline.py's pack-weights stage) ------------------------------------
 
 def test_window_gemms_read_packed_weights_and_gemvs_do_not(checkpoint) -> None:
-    """fp32 window steps' matmuls with a constant weight become packed_gemm kernels on a panel-major copy of
-    the weight (the parity tests above then cover their numbers); a one-row matmul (a GEMV), a weight
-    whose width is not a whole number of panels, and fp16/int8 builds keep the plain (K, N) layout."""
+    """fp32 and int8 window steps' matmuls with a constant weight become packed_gemm kernels on a panel-major
+    copy of the weight (the parity tests above then cover their numbers), int8 kept int8; a one-row matmul
+    (a GEMV), a weight whose width is not a whole number of panels, and fp16 builds keep the plain (K, N)
+    layout; two slices of one constant are two weights."""
     import tvm
     from tvm import relax
 
-    from ssmc.compile.pipeline import _packed_weight_gemms, lower_step, stage_names
+    from ssmc.compile.pipeline import _packed_weight_gemms, lower_step, pack_panels, stage_names
     from ssmc.targets import load_target
 
     target = load_target("host")
-    assert "pack-weights" in stage_names(target, "fp32")
-    assert "pack-weights" not in stage_names(target, "int8") and "pack-weights" not in stage_names(target, "fp16")
+    assert "pack-weights" in stage_names(target, "fp32") and "pack-weights" in stage_names(target, "int8")
+    assert "pack-weights" not in stage_names(target, "fp16")
     model, extra = load_checkpoint(checkpoint("dt", KS[0]))
     mod, _ = lower_step(export_step(model, extra, "window").program, target, "fp32", executor="static")
     window = [gv.name_hint for gv in mod.functions]
@@ -250,23 +251,48 @@ def test_window_gemms_read_packed_weights_and_gemvs_do_not(checkpoint) -> None:
     text = _packed_weight_gemms(8)(bb.get()).script()
     assert "packed_gemm" not in text and text.count("R.matmul") == 2, text
 
+    # an int8 weight (after int8-matmuls) and two column slices of one fp32 constant (x_proj's Δ and B/C
+    # products): the int8 one packed as int8, the 32-wide slice packed, the 8-wide one (not a panel) plain
+    q = rng.integers(-127, 128, (24, 32)).astype(np.int8)
+    whole = rng.standard_normal((40, 24)).astype(np.float32)  # nn.Linear's (out, in)
+    bb = relax.BlockBuilder()
+    with bb.function("main", [xs["gemm"]]):
+        with bb.dataflow():
+            x = xs["gemm"]
+            outs = [bb.emit(relax.op.matmul(x, relax.const(q), out_dtype="float32"))]
+            for begin, end in ((0, 8), (8, 40)):
+                part = bb.emit(relax.op.strided_slice(relax.const(whole), [0], [begin], [end]))
+                outs.append(bb.emit(relax.op.matmul(x, bb.emit(relax.op.permute_dims(part, [1, 0])))))
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    packed = _packed_weight_gemms(8)(bb.get())
+    text = packed.script()
+    assert text.count("R.matmul") == 1 and text.count("packed_gemm") >= 2, text
+    calls = [v for v in relax.analysis.get_var2val(packed["main"]).values()
+             if isinstance(v, relax.Call) and v.op.name == "relax.call_tir"]
+    consts = [arg.value.numpy() for call in calls for arg in call.args[1].fields[1:]]
+    assert any(c.dtype == np.int8 and np.array_equal(c, pack_panels(q, 16)) for c in consts)
+    assert any(c.dtype == np.float32 and np.array_equal(c, pack_panels(whole[8:].T.copy(), 16)) for c in consts)
 
-def test_packed_gemm_kernel_matches_numpy() -> None:
-    """The packed kernel alone, scheduled by the GEMM rule and built for the host: x @ W from Wp."""
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_packed_gemm_kernel_matches_numpy(dtype) -> None:
+    """The packed kernel alone, scheduled by the GEMM rule and built for the host: x @ float(W) from Wp."""
     import tvm
 
+    from ssmc.compile.pipeline import pack_panels
     from ssmc.compile.tuning import packed_gemm_primfunc, schedule_prim_func
 
     rng = np.random.default_rng(0)
     m, k, n, panel = 6, 24, 32, 16
     x = rng.standard_normal((1, m, k)).astype(np.float32)
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    wp = np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
-    func = schedule_prim_func(packed_gemm_primfunc([1, m, k], n, panel), 8)
+    w = (rng.standard_normal((k, n)) if dtype == "float32" else rng.integers(-127, 128, (k, n))).astype(dtype)
+    wp = pack_panels(w, panel)
+    func = schedule_prim_func(packed_gemm_primfunc([1, m, k], n, panel, dtype), 8)
     assert func is not None  # the GEMM rule took it
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                       target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"}))
     out = tvm.runtime.tensor(np.zeros((1, m, n), np.float32))
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(wp), out)
-    want = x @ w
+    want = x @ w.astype(np.float32)
     assert np.abs(out.numpy() - want).max() <= 1e-5 * np.abs(want).max()
