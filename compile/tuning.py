@@ -17,8 +17,8 @@ takes seconds. Per fused PrimFunc (after ``FuseOps``/``FuseTIR``):
    fp16 or int8): the output's last axis ``n`` is split into a register chunk (up to 64 floats, 8 AVX2
    vectors) and vector lanes; loops are ordered ``chunk, k, lanes`` so each ``k`` broadcasts ``x[k]``
    and does one vector FMA per 8 outputs on a contiguous row of ``W``; with several rows (a window's
-   tokens: a GEMM) a block of up to 4 rows x 2 vectors instead, so each loaded weight vector is used
-   once per row; the epilogue (bias, activation, int8 scale) is computed under the chunk loop,
+   tokens: a GEMM) a block of up to 4 rows x 2 vectors instead (2 rows x 4 vectors: ``GEMM_VECTORS``), so
+   each loaded weight vector is used once per row; the epilogue (bias, activation, int8 scale) is computed under the chunk loop,
    vectorised. Odd widths (x_proj's 132 outputs) use 4-lane vectors;
 3. **inner reduction** (the reduced axis is the last axis of an input: ``sum_n h[d, n] * C[n]``, norms'
    means): ``rfactor`` over a lane-wide split of that axis gives a vector of partial sums per output,
@@ -45,6 +45,11 @@ from typing import Any
 
 #: Floats per register chunk of a matmul's outputs (8 AVX2 vectors, 16 NEON vectors).
 CHUNK_FLOATS = 64
+#: Vectors per row of a GEMM's register block, by its rows: rows x vectors accumulators, 8 or more where the
+#: registers allow, so the FMAs (4 cycles' latency, 2 a cycle) are not waiting on their own results. Two rows
+#: take 4 vectors: DMM's recurrent step (R_t, s_t) on the AMD EPYC of docs/static-step.md, its 2 x 384 @ 384 x
+#: 64 product 5.3 -> 3.8 µs a step at AVX2 (3.4 -> 3.2 at AVX-512; tools/bench/static_kernels.py).
+GEMM_VECTORS = {2: 4, 3: 2, 4: 2}
 
 
 def vector_lanes(target: Any) -> int:
@@ -179,11 +184,11 @@ def _schedule_outer_reduction(sch: Any, block: Any, lanes: int, consumers: list[
     if n is None or n % lanes:
         return None
     others = [lp for lp in loops if not any(sch.get(lp).same_as(sch.get(x)) for x in [n_loop, *r_loops])]
-    # a GEMM (several rows: a window's tokens): a block of ROWS rows x 2 vectors, so each weight vector
-    # loaded is used ROWS times; a GEMV (one row): a chunk of up to 64 outputs
+    # a GEMM (several rows: a window's tokens): a block of ROWS rows x GEMM_VECTORS[ROWS] vectors, so each
+    # weight vector loaded is used ROWS times; a GEMV (one row): a chunk of up to 64 outputs
     m = _extent(sch, others[-1]) if others else None
     rows = next((r for r in (4, 3, 2) if m is not None and m % r == 0), 1)
-    chunk_floats = 2 * lanes if rows > 1 else CHUNK_FLOATS
+    chunk_floats = GEMM_VECTORS[rows] * lanes if rows > 1 else CHUNK_FLOATS
     chunk = max(c for c in range(lanes, min(n, chunk_floats) + 1, lanes) if n % c == 0)
     outer, inner = sch.split(n_loop, [None, chunk])
     unrolled, vec = sch.split(inner, [None, lanes])

@@ -265,3 +265,26 @@ def test_gemm_rule_takes_packed_weights_whatever_the_activation_size(rows) -> No
     sch = s_tir.Schedule(func)
     assert _reduction_kind(sch, normalize_prim_func(sch)[0].block_rv) == "outer"
     assert "rf" not in schedule_prim_func(func, 8).script()  # no rfactor buffer: the GEMM rule, not rule 3
+
+
+@pytest.mark.parametrize("rows,vectors", [(2, 4), (3, 2), (4, 2), (8, 2)])
+def test_gemm_register_block_keeps_eight_accumulators_where_it_can(rows, vectors) -> None:
+    """The GEMM rule's register block is GEMM_VECTORS[rows] vectors wide per row: 2 rows x 4 vectors (8
+    accumulators; 2 x 2 left the FMAs waiting on their own latency), 3 or 4 rows x 2; the block's rows and
+    vectors are the two unrolled loops, and the scheduled kernel still computes x @ W."""
+    import tvm
+
+    from ssmc.compile.tuning import GEMM_VECTORS, packed_gemm_primfunc, schedule_prim_func
+
+    assert GEMM_VECTORS[min(rows, 4)] == vectors
+    func = schedule_prim_func(packed_gemm_primfunc([rows, 48], 128, 16), 8)
+    script = func.script()
+    block_rows = 4 if rows % 4 == 0 else rows
+    assert f"T.unroll(T.int64({block_rows}))" in script and f"T.unroll(T.int64({vectors}))" in script, script
+    rng = np.random.default_rng(rows)
+    x, w = rng.standard_normal((rows, 48)).astype(np.float32), rng.standard_normal((48, 128)).astype(np.float32)
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=load_target("host").tvm_target())
+    out = tvm.runtime.tensor(np.zeros((rows, 128), np.float32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w.reshape(48, 8, 16).transpose(1, 0, 2).copy()), out)
+    np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-5, atol=1e-5)
