@@ -209,6 +209,33 @@ def test_static_plan_reuses_the_arena_and_never_overlaps_live_tensors(kind, chec
     assert all(0 <= x < len(plan.tensors) for c in plan.calls for x in c.args)
 
 
+def test_static_plan_makes_reshapes_views_and_only_reshapes(checkpoints) -> None:
+    """A kernel that only reshapes is not called: its output is a view, the same bytes as its input under the
+    output's shape (the parity tests cover the numbers). A kernel that moves data (a transpose) is still
+    called even when it is named like a reshape: the plan runs it on distinct values to be sure."""
+    from tvm import te
+
+    from ssmc.compile.static import _is_view_kernel
+
+    plan = _static_plan(checkpoints["dema"])
+    views = [t for t in plan.tensors if t.place == "view"]
+    assert views and all(plan.tensors[t.slot].place != "view" for t in views)  # a view of a view is resolved
+    assert all(plan.tensors[t.slot].nbytes == t.nbytes for t in views)
+    assert not any(c.kernel.startswith("reshape") for c in plan.calls), [c.kernel for c in plan.calls]
+    # a view's bytes stay allocated while the view is read: its root's live range covers those reads
+    for c_index, c in enumerate(plan.calls):
+        for x in c.args:
+            if plan.tensors[x].place == "view" and plan.tensors[plan.tensors[x].slot].place == "arena":
+                assert plan.tensors[plan.tensors[x].slot].last >= c_index
+
+    a = te.placeholder((3, 4), "float32", name="a")
+    copy = te.create_prim_func([a, te.compute((12,), lambda i: a[i // 4, i % 4], name="r")])
+    transpose = te.create_prim_func([a, te.compute((4, 3), lambda i, j: a[j, i], name="r")])
+    assert _is_view_kernel("reshape3", copy, (3, 4), "float32", (12,), "float32")
+    assert not _is_view_kernel("reshape3", transpose, (3, 4), "float32", (4, 3), "float32")
+    assert not _is_view_kernel("transpose1", copy, (3, 4), "float32", (12,), "float32")  # not a reshape's name
+
+
 def test_static_library_links_libc_and_libm_only(artifacts) -> None:
     require_tools("readelf")
     lib = artifacts("dema-rnn") / "lib.so"
