@@ -87,6 +87,20 @@ def test_expand_builds_the_grid_and_applies_the_budget(tmp_path):
     assert all(r["eval_steps"][-1] == r["steps"] for r in runs)
 
 
+def test_verify_zoo_sweep_names_tools_verify_zoos_checkpoints(tmp_path):
+    """ssmc/configs/sweeps/verify-zoo.json (docs/runtime.md's verify table): the four window models, found by
+    name (the inline MambaDM config included), in the folders tools/verify_zoo.py's --run-path pattern reads."""
+    cfg = sw.load_sweep("verify-zoo")
+    runs = sw.expand(cfg, tmp_path)
+    assert sorted(r["model"] for r in runs) == ["dema", "dmm", "dt", "mambadm"]
+    assert all(r["steps"] == 100 and r["eval_steps"] == [100] and r["episodes"] == 1 for r in runs)
+    by = {r["model"]: r for r in runs}
+    assert by["dema"]["model_config"]["embedding_dim"] == 256 and by["dmm"]["model_config"]["K"] == 8
+    assert by["mambadm"]["train"]["lr"] == 1e-4 and by["mambadm"]["target_return"] == 3600
+    for model, r in by.items():
+        assert Path(r["out"]) == (tmp_path / model / "hopper-medium-replay" / "seed0").absolute()
+
+
 def test_named_configs_build_the_papers_sizes():
     from ssmc.train.models import build_model
 

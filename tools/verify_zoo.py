@@ -3,6 +3,15 @@ checkpoint with the real CLI; writes docs/verify/<artifact>/verify.{json,md,png}
 results table source, docs/verify/summary.json.
 
     python tools/verify_zoo.py --runs runs/zoo --models dema dmm mambadm dmh --episodes 10
+
+The checkpoint of MODEL is ``--runs``/MODEL, or with ``--run-path`` a pattern with ``{model}`` in it: the
+checkpoints of docs/runtime.md's table come from one small sweep (ssmc/configs/sweeps/verify-zoo.json)::
+
+    ssmc data collect Hopper-v5 --quality medium-replay
+    ssmc sweep verify-zoo
+    python tools/verify_zoo.py --run-path 'runs/sweeps/verify-zoo/{model}/hopper-medium-replay/seed0' \
+        --models dmm dema mambadm dt --episodes 2
+    python tools/verify_zoo.py --table
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ def sh(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/zoo")
+    ap.add_argument("--run-path", default=None,
+                    help="checkpoint folder pattern with {model} (default: --runs/{model})")
     ap.add_argument("--models", nargs="+", default=["dema", "dmm"])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     ap.add_argument("--episodes", type=int, default=10)
@@ -38,16 +49,22 @@ def main() -> int:
         print(table(json.loads((Path(args.out) / "summary.json").read_text())))
         return 0
     rows = []
+    pattern = args.run_path or f"{args.runs}/{{model}}"
+    if "{model}" not in pattern:
+        sys.exit(f"error: --run-path {pattern!r} has no {{model}} in it")
     for model in args.models:
+        ckpt = pattern.format(model=model)
+        if not Path(ckpt, "config.json").is_file():
+            sys.exit(f"error: no checkpoint for {model} at {ckpt} (config.json missing)")
         for precision in args.precisions:
             art = Path(args.artifacts) / f"{model}-host-{precision}.ssmc"
-            compile_cmd = ["ssmc", "compile", "--model", f"{args.runs}/{model}", "--target", "host",
+            compile_cmd = ["ssmc", "compile", "--model", ckpt, "--target", "host",
                            "--precision", precision, "--out", str(art), "--force"]
             proc, t_compile = sh(compile_cmd)
             if proc.returncode != 0:
                 sys.exit(f"failed: {shlex.join(compile_cmd)}\n{proc.stderr}")
             report = Path(args.out) / art.name.removesuffix(".ssmc")
-            verify_cmd = ["ssmc", "verify", str(art), "--checkpoint", f"{args.runs}/{model}", "--episodes",
+            verify_cmd = ["ssmc", "verify", str(art), "--checkpoint", ckpt, "--episodes",
                           str(args.episodes), "--json", "--report", str(report)]
             proc, t_verify = sh(verify_cmd)
             if proc.returncode not in (0, 1):
