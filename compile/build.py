@@ -263,6 +263,7 @@ def compile_checkpoint(
             "pipeline": stage_names(tgt, precision, executor=executor),
             "precision_support": level,
             "constant_bytes": report["constant_bytes"],
+            "matmul_macs": report["matmul_macs"],
             "library_stripped": stripped,
             "checkpoint": {"path": str(ckpt), "model_sha256": sha256_file(ckpt / WEIGHTS_FILE)},
         }

@@ -6,6 +6,8 @@
     decompose       inference decompositions (``DecomposeOpsForInference``), canonical bindings, and
                     common subexpressions merged: a weight used by 3 tokens per step is transposed (and
                     stored, once folded) once, not 3 times
+    prune-rows      a one-row slice of the token axis (the window step's read of its newest s_t token) sunk
+                    through the row-wise ops before it, so that they compute that row alone (compile/rows.py)
     fp16-matmuls    fp16 only: every matmul with a constant weight takes fp16 inputs and an fp16 weight
                     and produces fp32; everything else (norms, exp/softplus, the SSM state, A, Δ) stays fp32
     int8-matmuls    int8 only: ``x @ float(W_int8)`` becomes one mixed-dtype matmul reading the int8
@@ -422,8 +424,12 @@ def stages(target: Target, precision: str, schedule: bool = True, executor: str 
     from tvm import relax
     from tvm.relax import transform as T
 
+    from ssmc.compile.rows import prune_rows
+
     out = [Stage("decompose", "inference decompositions, canonical bindings, common subexpressions merged",
-                 _sequential(T.DecomposeOpsForInference(), T.CanonicalizeBindings(), T.EliminateCommonSubexpr()))]
+                 _sequential(T.DecomposeOpsForInference(), T.CanonicalizeBindings(), T.EliminateCommonSubexpr())),
+           Stage("prune-rows", "only the token rows the outputs read are computed after the last token-mixing op",
+                 prune_rows)]
     if precision == "fp16":
         out.append(Stage("fp16-matmuls", "fp16 weights and matmul inputs, fp32 results; the rest stays fp32",
                          _fp16_weight_matmuls))
@@ -506,8 +512,9 @@ def lower_step(program: torch.export.ExportedProgram, target: Target, precision:
     """Run every stage on ``program`` for ``target`` at ``precision``.
 
     Returns the VM executable (``executor="vm"``) or the scheduled IRModule that compile/static.py plans
-    and builds (``"static"``), and a report: ``stage_seconds`` (name -> seconds) and ``constant_bytes``
-    (dtype -> bytes of the constants the library embeds).
+    and builds (``"static"``), and a report: ``stage_seconds`` (name -> seconds), ``constant_bytes``
+    (dtype -> bytes of the constants the library embeds) and ``matmul_macs`` (the matmuls' multiply-adds
+    per step in the exported graph, ``graph``, and after ``prune-rows``, ``computed``).
 
     ``schedule=False`` builds with TVM's default CPU kernels (see ``stages``).
 
@@ -530,19 +537,25 @@ def lower_step(program: torch.export.ExportedProgram, target: Target, precision:
         say(f"stage {name}: {what} ({seconds[name]:.1f} s)")
         return result
 
+    from ssmc.compile.rows import matmul_macs
     from ssmc.compile.tuning import vector_lanes
 
     lanes = vector_lanes(tvm_target)
     mod = timed("import", "torch.export program -> Relax", lambda: import_program(program, lanes))
     _dump(dump_dir, 0, "import", mod)
     with tvm_target:
+        macs: dict[str, int] = {}
         for i, stage in enumerate(stages(target, precision, schedule, executor), start=1):
+            if stage.name == "prune-rows":
+                macs["graph"] = matmul_macs(mod)
             mod = timed(stage.name, stage.what, lambda stage=stage, mod=mod: stage.run(mod))
+            if stage.name == "prune-rows":
+                macs["computed"] = matmul_macs(mod)
             _dump(dump_dir, i, stage.name, mod)
         constants = constant_bytes(mod)
         if precision == "int8" and not constants.get("int8"):
             raise RuntimeError("int8 build holds no int8 constants: the weights were folded to fp32")
-        report = {"stage_seconds": seconds, "constant_bytes": constants}
+        report = {"stage_seconds": seconds, "constant_bytes": constants, "matmul_macs": macs}
         if executor == "static":
             return mod, report
         executable = timed("build", f"code generation for {target.name}",

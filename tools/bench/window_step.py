@@ -25,9 +25,12 @@ Every peer's action and new window are checked against PyTorch before timing (ma
 <= 1e-4 on the benchmark inputs; the tests hold the 1e-5 bound over 200 steps). Also recorded per
 ssmc build: compile seconds and the library's code bytes (``.text``), which should not grow with K.
 
-Floor: MACs per step (the model's ``macs_per_step`` in window semantics) / this core's single-thread
+Floor: MACs per step / this core's single-thread
 GEMM rate (numpy/torch 256^3 and 512^3, measured before and after the timing rounds; best), and / the
-GEMV rate of tools/bench/gemv_floor.c, timed as an entry in the rounds.
+GEMV rate of tools/bench/gemv_floor.c, timed as an entry in the rounds. The MACs are the model's
+``macs_per_step`` in window semantics less the matmul MACs the ``prune-rows`` stage removed (compile/rows.py:
+the rows after the last token-mixing op that the action does not read; the manifest's ``extra.matmul_macs``),
+i.e. what ssmc's step computes; the peers compute all of ``macs_per_step``.
 
 Interleaving and statistics as tools/bench/static_step.py (``time_entries``): a burst per entry per
 round in a fresh random order; the table's p50 is the median over rounds of the burst p50s.
@@ -128,6 +131,11 @@ def build_entries(kind: str, K: int, peers: list[str], work: Path, bundle: Any, 
         row["build"][peer] = {"compile_s": round(time.perf_counter() - t0, 1), "target": target,
                               "text_bytes": text_bytes(art / "lib.so"),
                               "library_bytes": (art / "lib.so").stat().st_size}
+        if "macs_computed" not in row:  # prune-rows (compile/rows.py): matmul work the step does not do
+            from ssmc.artifact import load_manifest
+
+            mm = load_manifest(art).extra.get("matmul_macs", {})
+            row["macs_computed"] = row["macs_per_step"] - (mm.get("graph", 0) - mm.get("computed", 0))
         say(f"  ssmc {peer}: {row['build'][peer]['compile_s']} s, code {row['build'][peer]['text_bytes']} B")
         record(peer, ss.check_ssmc(art, fn))
         entries.append(ss.Entry(f"{kind}@{K}", "fp32", peer, ss.ssmc_runner(bundle, art)))
@@ -167,7 +175,7 @@ def analyse(result: dict[str, Any]) -> None:
     gemm = result["floor"]["gemm_gmacs_best"]
     for row in result["rows"]:
         lat = row["latency"]
-        row["floor_us"] = round(row["macs_per_step"] / (gemm * 1e3), 1)
+        row["floor_us"] = round(row.get("macs_computed", row["macs_per_step"]) / (gemm * 1e3), 1)
         s = lat.get("static", {}).get("p50_us")
         row["static_vs_floor"] = round(s / row["floor_us"], 2) if s else None
         for peer in ("static-avx512", "ort", "iree", "vm"):
@@ -229,14 +237,19 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
         "(a shared 2-core machine: absolute times move between runs; the peers were interleaved, so the ratios "
         "are the comparable numbers). Fresh Hopper-size models, fp32, window semantics.",
         "",
-        f"Floor: MACs per step / {result['floor']['gemm_gmacs_best']:.1f} GMAC/s (this core's best single-thread "
-        f"GEMM rate in this run; GEMV {result['floor']['gemv_gmacs_best']:.1f} GMAC/s).",
+        f"Floor: MACs computed / {result['floor']['gemm_gmacs_best']:.1f} GMAC/s (this core's best single-thread "
+        f"GEMM rate in this run; GEMV {result['floor']['gemv_gmacs_best']:.1f} GMAC/s). *MACs/step* is the model's "
+        "window forward as written (`macs_per_step()`), which the peers compute; *MACs computed* is that less what "
+        "ssmc's `prune-rows` stage removes (compile/rows.py: after the last op that mixes tokens, only the row "
+        "the action reads; the manifest's `extra.matmul_macs`).",
         "",
         *([f"**Note.** {result['note']}", ""] if result.get("note") else []),
         "How ssmc compiles a window step: during export each Mamba layer's scan is one `ssmc::selective_scan` "
         "node (train/models/scan_op.py), and the importer lowers it to one TIR loop (compile/scan_kernel.py) "
         "that walks the 3K tokens with each channel's state in registers and computes exp(Δ·A) as a vectorised "
-        "polynomial; the projections run over all tokens as register-blocked GEMMs (compile/tuning.py), and "
+        "polynomial; the projections run over all tokens as register-blocked GEMMs (compile/tuning.py), the rows "
+        "the action does not read are not computed after the last op that mixes tokens (DT: the last block's "
+        "out-projection, MLP and 59 of its 60 attention queries; compile/rows.py), and "
         "softplus, SiLU and the gate are vectorised arithmetic instead of libm calls. ONNX Runtime and IREE get "
         "the same step with the scan unrolled (ONNX has no scan operator of this kind): their code and export "
         "time grow with K. The target is `host` (x86-64-v3, AVX2: 8 fp32 lanes), as every artifact ssmc ships "
@@ -245,13 +258,14 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
         "",
         "## Latency (p50 µs per step; p99 in the JSON)",
         "",
-        "| model | K | MACs/step | floor µs | " + " | ".join(PEER_LABEL[p] for p in peers)
+        "| model | K | MACs/step | MACs computed | floor µs | " + " | ".join(PEER_LABEL[p] for p in peers)
         + " | static / floor | " + " | ".join(f"{p} / static" for p in peers if p != "static") + " |",
-        "|---|---|---|---|" + "---|" * len(peers) + "---|" + "---|" * (len(peers) - 1),
+        "|---|---|---|---|---|" + "---|" * len(peers) + "---|" + "---|" * (len(peers) - 1),
     ]
     for r in result["rows"]:
         lat = r["latency"]
-        lines.append(f"| {r['model']} | {r['K']} | {r['macs_per_step']:,} | {_f(r['floor_us'], 1)} | "
+        lines.append(f"| {r['model']} | {r['K']} | {r['macs_per_step']:,} | {_f(r.get('macs_computed'))} | "
+                     f"{_f(r['floor_us'], 1)} | "
                      + " | ".join(_f(lat.get(p, {}).get("p50_us"), 0) for p in peers)
                      + f" | {_f(r['static_vs_floor'], 1)} | "
                      + " | ".join(_f(r.get(f"{p}_over_static"), 2) for p in peers if p != "static") + " |")
@@ -286,9 +300,10 @@ def _ratio_headroom(result: dict[str, Any]) -> list[str]:
             if lat is None or r["K"] != 20 or r["model"] != model:
                 continue
             need_us = lat / want
-            need = r["macs_per_step"] / (need_us * 1e3)
+            macs = r.get("macs_computed", r["macs_per_step"])
+            need = macs / (need_us * 1e3)
             out.append(f"- {r['model']} K={r['K']}: {want:g}x faster than {PEER_LABEL[peer]} ({lat:,.0f} µs) is "
-                       f"{need_us:,.0f} µs, i.e. its {r['macs_per_step']:,} MACs at {need:.1f} GMAC/s, against this "
+                       f"{need_us:,.0f} µs, i.e. the {macs:,} MACs ssmc's step computes at {need:.1f} GMAC/s, against this "
                        f"core's best single-thread GEMM rate of {gemm:.1f} GMAC/s in the same run"
                        + (" (above it: not reachable at fp32 by any schedule)." if need > gemm else "."))
     return ["", "What the ratio goals ask of this core:", "", *out] if out else []
