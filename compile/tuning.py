@@ -17,12 +17,13 @@ takes seconds. Per fused PrimFunc (after ``FuseOps``/``FuseTIR``):
    fp16 or int8): the output's last axis ``n`` is split into a register chunk (up to 64 floats, 8 AVX2
    vectors) and vector lanes; loops are ordered ``chunk, k, lanes`` so each ``k`` broadcasts ``x[k]``
    and does one vector FMA per 8 outputs on a contiguous row of ``W``; with several rows (a window's
-   tokens: a GEMM) a block of up to 4 rows x 2 vectors instead (2 rows x 4 vectors: ``GEMM_VECTORS``), so
-   each loaded weight vector is used once per row; the epilogue (bias, activation, int8 scale) is computed under the chunk loop,
-   vectorised. Odd widths (x_proj's 132 outputs) use 4-lane vectors;
+   tokens: a GEMM) a block of rows x vectors instead (``GEMM_VECTORS``: 6 x 2 where the rows divide by 6,
+   else 4 x 2, 3 x 2 or 2 x 4), so each loaded weight vector is used once per row; the epilogue (bias,
+   activation, int8 scale) is computed under the chunk loop, vectorised. Widths 8 does not divide (x_proj's
+   132 outputs, DT's 60 keys in q·kᵀ) use 4-lane vectors, as many per row as full-width ones would fill;
 3. **inner reduction** (the reduced axis is the last axis of an input: ``sum_n h[d, n] * C[n]``, norms'
-   means): ``rfactor`` over a lane-wide split of that axis gives a vector of partial sums per output,
-   then one short scalar reduction;
+   means): ``rfactor`` over a lane-wide split of that axis (4 lanes where 8 does not divide it) gives a
+   vector of partial sums per output, then one short scalar reduction;
 4. **elementwise** output blocks: the smallest suffix of loops whose extent is a multiple of the vector
    width is fused and vectorised.
 
@@ -48,8 +49,11 @@ CHUNK_FLOATS = 64
 #: Vectors per row of a GEMM's register block, by its rows: rows x vectors accumulators, 8 or more where the
 #: registers allow, so the FMAs (4 cycles' latency, 2 a cycle) are not waiting on their own results. Two rows
 #: take 4 vectors: DMM's recurrent step (R_t, s_t) on the AMD EPYC of docs/static-step.md, its 2 x 384 @ 384 x
-#: 64 product 5.3 -> 3.8 µs a step at AVX2 (3.4 -> 3.2 at AVX-512; tools/bench/static_kernels.py).
-GEMM_VECTORS = {2: 4, 3: 2, 4: 2}
+#: 64 product 5.3 -> 3.8 µs a step at AVX2 (3.4 -> 3.2 at AVX-512; tools/bench/static_kernels.py). Six rows
+#: take 2 (12 accumulators; 2 weight loads and 6 broadcasts per 12 FMAs): a window's 3K tokens when K is even.
+#: With the softmax of ``fast_exp_pass``, DT's K = 20 window went 770 -> 657 µs and MambaDM's 562 -> 444
+#: (interleaved ssmc_control runs, fresh Hopper-size models); DeMa's, whose time is its scan, did not move.
+GEMM_VECTORS = {2: 4, 3: 2, 4: 2, 6: 2}
 
 
 def vector_lanes(target: Any) -> int:
@@ -179,6 +183,7 @@ def _schedule_outer_reduction(sch: Any, block: Any, lanes: int, consumers: list[
     if n_loop is None or any(lp is None for lp in r_loops):
         return None
     n = _extent(sch, n_loop)
+    native = lanes
     while n is not None and lanes > 4 and n % lanes:
         lanes //= 2  # e.g. x_proj's 132 outputs: 4-wide vectors
     if n is None or n % lanes:
@@ -187,8 +192,12 @@ def _schedule_outer_reduction(sch: Any, block: Any, lanes: int, consumers: list[
     # a GEMM (several rows: a window's tokens): a block of ROWS rows x GEMM_VECTORS[ROWS] vectors, so each
     # weight vector loaded is used ROWS times; a GEMV (one row): a chunk of up to 64 outputs
     m = _extent(sch, others[-1]) if others else None
-    rows = next((r for r in (4, 3, 2) if m is not None and m % r == 0), 1)
-    chunk_floats = GEMM_VECTORS[rows] * lanes if rows > 1 else CHUNK_FLOATS
+    # 6 rows x 2 vectors (12 accumulators) only at full width: a narrowed chunk takes more vectors per row
+    row_blocks = (6, 4, 3, 2) if lanes == native else (4, 3, 2)
+    rows = next((r for r in row_blocks if m is not None and m % r == 0), 1)
+    # the register block's width in floats is the full-width one, so narrowed vectors take more of them
+    # (DT's q·kᵀ over 60 keys: 4 rows x 3 four-float vectors, not 4 x 1)
+    chunk_floats = GEMM_VECTORS[rows] * native if rows > 1 else CHUNK_FLOATS
     chunk = max(c for c in range(lanes, min(n, chunk_floats) + 1, lanes) if n % c == 0)
     outer, inner = sch.split(n_loop, [None, chunk])
     unrolled, vec = sch.split(inner, [None, lanes])
@@ -224,6 +233,8 @@ def _schedule_inner_reduction(sch: Any, block: Any, lanes: int, _consumers: list
     if r_loop is None or not sch.get(loops[-1]).same_as(sch.get(r_loop)):
         return None
     extent = _extent(sch, r_loop)
+    while extent is not None and lanes > 4 and extent % lanes:
+        lanes //= 2  # e.g. a softmax over DT's 60 keys: 4-wide partial sums
     if extent is None or extent % lanes or extent == lanes:
         return None
     _, inner = sch.split(r_loop, [None, lanes])
@@ -500,6 +511,39 @@ def fast_gelu_te(x: Any) -> Any:
     return te.compute(x.shape, compute, name="fast_gelu", tag="elemwise")
 
 
+#: Below this, ``x - max`` gives 0 in ``fast_softmax``: e^-80 = 1.8e-35, so every weight it keeps, divided by
+#: a row sum of at most a few thousand, is still a normal float (no denormal operands for the matmul after).
+_SOFTMAX_CUT = -80.0
+
+
+def softmax_exp_te(x: Any) -> Any:
+    """First half of ``fast_softmax``: ``e = exp(x - max(x))`` along the last axis (TE compute), the exp from
+    ``_exp_expr`` and exactly 0 where ``x - max < _SOFTMAX_CUT`` (a masked ``-inf`` key among them)."""
+    from tvm import te, tirx
+
+    *lead, n = x.shape
+    k = te.reduce_axis((0, n), name="k")
+    mx = te.compute(lead, lambda *i: te.max(x[(*i, k)], axis=k), name="softmax_max")
+    zero = tirx.const(0.0, x.dtype)
+
+    def compute(*i: Any) -> Any:
+        d = tirx.Var("softmax_d", x.dtype)
+        return tirx.Let(d, x(*i) - mx(*i[:-1]),
+                        tirx.Select(d < tirx.const(_SOFTMAX_CUT, x.dtype), zero, _exp_expr(d, x.dtype)))
+
+    return te.compute(x.shape, compute, name="softmax_exp")
+
+
+def softmax_normalise_te(e: Any) -> Any:
+    """Second half of ``fast_softmax``: ``e / sum(e)`` along the last axis."""
+    from tvm import te
+
+    *lead, n = e.shape
+    k = te.reduce_axis((0, n), name="k")
+    total = te.compute(lead, lambda *i: te.sum(e[(*i, k)], axis=k), name="softmax_sum")
+    return te.compute(e.shape, lambda *i: e(*i) / total(*i[:-1]), name="softmax_normalise")
+
+
 #: relax ops the ``fast-exp`` stage replaces (fp32 only), and their TE arithmetic.
 FAST_MATH = {"relax.exp": (fast_exp_te, "fast_exp"), "relax.sigmoid": (fast_sigmoid_te, "fast_sigmoid"),
              "relax.nn.silu": (fast_silu_te, "fast_silu"), "relax.log": (fast_log_te, "fast_log"),
@@ -515,6 +559,12 @@ def fast_exp_pass() -> Any:
     TVM's ``relax.transform.FastMathTransform`` also does this (with ``topi.fast_exp``), but swaps
     ``tanh`` (the action head) for a rational approximation too; measured here, the two together
     doubled the compiled step's error against PyTorch (3e-6 -> 7e-6 of the 1e-5 budget).
+
+    An fp32 ``nn.softmax`` over the last axis (DT's and DM-H's attention) becomes two kernels,
+    ``softmax_exp_te`` then ``softmax_normalise_te``: LegalizeOps' softmax evaluates libm ``exp`` twice per
+    element, once inside the scalar sum and once in the output, because the schedule inlines the exp into
+    both; materialised once, the exp vectorises. DT's K = 20 window spent 48 µs a step in its two 60 x 60
+    softmaxes that way (tools/bench/static_kernels.py --models dt --mode window).
     """
     import tvm
     from tvm import relax
@@ -524,6 +574,11 @@ def fast_exp_pass() -> Any:
     class _Exp(PyExprMutator):
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
+            if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.softmax"
+                    and str(call.ty.dtype) == "float32" and int(call.attrs.axis) in (-1, call.ty.ndim - 1)):
+                e = self.builder_.emit(self.builder_.call_te(softmax_exp_te, call.args[0],
+                                                             primfunc_name_hint="softmax_exp"))
+                return self.builder_.call_te(softmax_normalise_te, e, primfunc_name_hint="softmax_normalise")
             if isinstance(call.op, tvm.ir.Op) and call.op.name in FAST_MATH and str(call.ty.dtype) == "float32":
                 te_func, name = FAST_MATH[call.op.name]
                 return self.builder_.call_te(te_func, call.args[0], primfunc_name_hint=name)

@@ -267,19 +267,19 @@ def test_gemm_rule_takes_packed_weights_whatever_the_activation_size(rows) -> No
     assert "rf" not in schedule_prim_func(func, 8).script()  # no rfactor buffer: the GEMM rule, not rule 3
 
 
-@pytest.mark.parametrize("rows,vectors", [(2, 4), (3, 2), (4, 2), (8, 2)])
-def test_gemm_register_block_keeps_eight_accumulators_where_it_can(rows, vectors) -> None:
+@pytest.mark.parametrize("rows,block_rows,vectors", [(2, 2, 4), (3, 3, 2), (4, 4, 2), (8, 4, 2), (6, 6, 2), (60, 6, 2)])
+def test_gemm_register_block_keeps_eight_accumulators_where_it_can(rows, block_rows, vectors) -> None:
     """The GEMM rule's register block is GEMM_VECTORS[rows] vectors wide per row: 2 rows x 4 vectors (8
-    accumulators; 2 x 2 left the FMAs waiting on their own latency), 3 or 4 rows x 2; the block's rows and
+    accumulators; 2 x 2 left the FMAs waiting on their own latency), 3 or 4 rows x 2, and 6 rows x 2 (12
+    accumulators) where the rows divide by 6 (a window's 3K tokens for even K); the block's rows and
     vectors are the two unrolled loops, and the scheduled kernel still computes x @ W."""
     import tvm
 
     from ssmc.compile.tuning import GEMM_VECTORS, packed_gemm_primfunc, schedule_prim_func
 
-    assert GEMM_VECTORS[min(rows, 4)] == vectors
+    assert GEMM_VECTORS[block_rows] == vectors
     func = schedule_prim_func(packed_gemm_primfunc([rows, 48], 128, 16), 8)
     script = func.script()
-    block_rows = 4 if rows % 4 == 0 else rows
     assert f"T.unroll(T.int64({block_rows}))" in script and f"T.unroll(T.int64({vectors}))" in script, script
     rng = np.random.default_rng(rows)
     x, w = rng.standard_normal((rows, 48)).astype(np.float32), rng.standard_normal((48, 128)).astype(np.float32)
@@ -288,3 +288,98 @@ def test_gemm_register_block_keeps_eight_accumulators_where_it_can(rows, vectors
     out = tvm.runtime.tensor(np.zeros((rows, 128), np.float32))
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w.reshape(48, 8, 16).transpose(1, 0, 2).copy()), out)
     np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+
+
+def _build_run(func, args: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+    import tvm
+
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=load_target("host").tvm_target())
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    return out.numpy()
+
+
+def _loop(script: str, kind: str, extent: int) -> bool:
+    """Whether ``script`` has a ``T.<kind>`` loop of ``extent`` (int32 or int64 extents)."""
+    return f"T.{kind}({extent})" in script or f"T.{kind}(T.int64({extent}))" in script
+
+
+def test_narrow_widths_keep_vectors_and_the_register_block() -> None:
+    """Extents that 8 does not divide (DT's 60 keys) get 4-float vectors, not scalar code: q·kᵀ (an outer
+    reduction over a (128, 60) kᵀ) keeps a 4 rows x 3 vectors block (12 accumulators; it was 4 x 1), and a
+    sum over 60 gets 4-wide partial sums (rfactor); both still compute what they did."""
+    from tvm import te
+
+    from ssmc.compile.tuning import schedule_prim_func
+
+    rng = np.random.default_rng(0)
+    q, kt = te.placeholder((60, 128), "float32", name="q"), te.placeholder((128, 60), "float32", name="kt")
+    r = te.reduce_axis((0, 128), name="r")
+    scores = te.compute((60, 60), lambda i, j: te.sum(q[i, r] * kt[r, j], axis=r), name="matmul")
+    func = schedule_prim_func(te.create_prim_func([q, kt, scores]), 8)
+    script = func.script()
+    assert all(_loop(script, kind, n) for kind, n in (("unroll", 4), ("unroll", 3), ("vectorized", 4))), script
+    a, b = rng.standard_normal((60, 128)).astype(np.float32), rng.standard_normal((128, 60)).astype(np.float32)
+    np.testing.assert_allclose(_build_run(func, [a, b], (60, 60)), a @ b, rtol=1e-5, atol=1e-4)
+
+    x = te.placeholder((60, 60), "float32", name="x")
+    k = te.reduce_axis((0, 60), name="k")
+    total = te.compute((60,), lambda i: te.sum(x[i, k], axis=k), name="total")
+    func = schedule_prim_func(te.create_prim_func([x, total]), 8)
+    assert func is not None and "rf" in func.script() and _loop(func.script(), "vectorized", 4)
+    xs = rng.standard_normal((60, 60)).astype(np.float32)
+    np.testing.assert_allclose(_build_run(func, [xs], (60,)), xs.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_softmax_matches_torch_and_gives_masked_keys_exactly_zero() -> None:
+    """``softmax_exp_te`` then ``softmax_normalise_te`` (what the fast-exp stage makes of a last-axis
+    softmax), scheduled as the pipeline schedules them: PyTorch's softmax within 1e-6, a masked (-inf) key
+    and one 100 below the row's max exactly 0, and no denormal weight anywhere."""
+    from tvm import te
+
+    from ssmc.compile.tuning import softmax_exp_te, softmax_normalise_te
+
+    rng = np.random.default_rng(1)
+    xs = (rng.standard_normal((2, 60, 60)) * 8).astype(np.float32)
+    xs[:, np.triu_indices(60, 1)[0], np.triu_indices(60, 1)[1]] = -np.inf  # causal mask
+    xs[0, 5, 2] = xs[0, 5].max() - 100.0
+    x = te.placeholder(xs.shape, "float32", name="x")
+    e = te.placeholder(xs.shape, "float32", name="e")
+    exp_func = schedule_prim_func(te.create_prim_func([x, softmax_exp_te(x)]), 8)
+    norm_func = schedule_prim_func(te.create_prim_func([e, softmax_normalise_te(e)]), 8)
+    assert exp_func is not None and norm_func is not None
+    got = _build_run(norm_func, [_build_run(exp_func, [xs], xs.shape)], xs.shape)
+    want = torch.softmax(torch.from_numpy(xs), dim=-1).numpy()
+    assert np.abs(got - want).max() <= 1e-6
+    assert np.all(got[np.isneginf(xs)] == 0.0) and got[0, 5, 2] == 0.0
+    tiny = (got != 0) & (np.abs(got) < np.finfo(np.float32).tiny)
+    assert not tiny.any()
+
+
+def test_fast_exp_stage_splits_last_axis_softmax_only() -> None:
+    """The fast-exp stage turns an fp32 softmax over the last axis into the two kernels and leaves one over
+    another axis to LegalizeOps."""
+    from tvm import relax
+
+    from ssmc.compile.tuning import fast_exp_pass
+
+    def module(axis: int):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((1, 4, 8), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = bb.emit_output(relax.op.nn.softmax(x, axis=axis))
+            bb.emit_func_output(y)
+        return bb.get()
+
+    def ops(mod) -> list[str]:
+        names = []
+        relax.analysis.post_order_visit(mod["main"], lambda e: names.append(
+            getattr(getattr(e, "op", None), "name", None) if isinstance(e, relax.Call) else None))
+        return [n for n in names if n]
+
+    last = fast_exp_pass()(module(-1))
+    assert "relax.nn.softmax" not in ops(last) and ops(last).count("relax.call_tir") == 2
+    assert {gv.name_hint for gv, _ in last.functions_items()} >= {"softmax_exp", "softmax_normalise"}
+    assert "relax.nn.softmax" in ops(fast_exp_pass()(module(1)))
