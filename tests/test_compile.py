@@ -273,12 +273,14 @@ def test_host_avx512_step_uses_16_float_vectors_and_matches_pytorch(kind, checkp
         assert np.all(np.isfinite(p.act(np.zeros(OBS, np.float32))))
 
 
-def test_emit_c_bundle_builds_with_cc_alone_and_matches_pytorch(checkpoints, tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["dema", "dt"])
+def test_emit_c_bundle_builds_with_cc_alone_and_matches_pytorch(checkpoints, tmp_path, kind) -> None:
     """The --emit c bundle, built by its Makefile with the host cc and no TVM header or library anywhere on
-    the include or link path, reproduces the PyTorch step over 200 steps carrying its state."""
+    the include or link path, reproduces the PyTorch step over 200 steps carrying its state (DT: its window
+    step, with the softmax kernels and the 4-lane reductions of compile/tuning.py in C)."""
     require_tools("cc", "make")
-    out = tmp_path / "dema-c"
-    result = CliRunner().invoke(_cli(), ["compile", "--model", str(checkpoints["dema"]), "--target", "host",
+    out = tmp_path / f"{kind}-c"
+    result = CliRunner().invoke(_cli(), ["compile", "--model", str(checkpoints[kind]), "--target", "host",
                                          "--emit", "c", "--out", str(out)])
     assert result.exit_code == 0, result.output
     sources = sorted(p.name for p in out.iterdir())
@@ -287,8 +289,8 @@ def test_emit_c_bundle_builds_with_cc_alone_and_matches_pytorch(checkpoints, tmp
     env = {"PATH": os.environ["PATH"]}  # no CPATH, C_INCLUDE_PATH or LIBRARY_PATH: cc's own defaults only
     build = subprocess.run(["make", "-s", "-C", str(out), "CC=cc"], capture_output=True, text=True, env=env)
     assert build.returncode == 0, build.stderr
-    fn, rng = _torch_step(checkpoints["dema"]), np.random.default_rng(3)
-    model, _ = load_checkpoint(checkpoints["dema"])
+    fn, rng = _torch_step(checkpoints[kind]), np.random.default_rng(3)
+    model, _ = load_checkpoint(checkpoints[kind])
     state = [t.numpy() for t in model.init_state(1).values()]
     inputs = [[(np.array(EXTRA["obs_mean"]) + np.array(EXTRA["obs_std"]) * rng.standard_normal(OBS))
                .astype(np.float32)[None], np.array([[3000.0 - 7 * i]], np.float32)] for i in range(200)]
@@ -301,7 +303,7 @@ def test_emit_c_bundle_builds_with_cc_alone_and_matches_pytorch(checkpoints, tmp
         want = run_torch(fn, [obs, rtg], state)
         chunk, got, at = run.stdout[i * record:(i + 1) * record], [], 0
         for w in want:
-            got.append(np.frombuffer(chunk[at:at + w.nbytes], np.float32).reshape(w.shape))
+            got.append(np.frombuffer(chunk[at:at + w.nbytes], w.dtype).reshape(w.shape))  # DT: int64 timesteps
             at += w.nbytes
         worst = max(worst, max_rel_error(got, want))
         state = want[1:]
