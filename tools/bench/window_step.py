@@ -250,7 +250,7 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
         "polynomial; the projections run over all tokens as register-blocked GEMMs (compile/tuning.py), the rows "
         "the action does not read are not computed after the last op that mixes tokens (DT: the last block's "
         "out-projection, MLP and 59 of its 60 attention queries; compile/rows.py), and "
-        "softplus, SiLU and the gate are vectorised arithmetic instead of libm calls. ONNX Runtime and IREE get "
+        "softplus, SiLU, the gate and DT's softmax (two kernels: the exp stored once, then the division) are vectorised arithmetic instead of libm calls. ONNX Runtime and IREE get "
         "the same step with the scan unrolled (ONNX has no scan operator of this kind): their code and export "
         "time grow with K. The target is `host` (x86-64-v3, AVX2: 8 fp32 lanes), as every artifact ssmc ships "
         "for x86-64 by default; `static-avx512`, where run, is the same step for `host-avx512` (x86-64-v4, "
