@@ -82,6 +82,14 @@ def _extent(sch: Any, loop: Any) -> int | None:
     return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
+def _fit_lanes(extent: int | None, lanes: int) -> int:
+    """``lanes``, halved while it does not divide ``extent``, down to 4 (x_proj's 132 outputs, DT's 60 keys);
+    the caller checks that the result divides."""
+    while extent is not None and lanes > 4 and extent % lanes:
+        lanes //= 2
+    return lanes
+
+
 def _vectorize_suffix(sch: Any, block: Any, lanes: int) -> bool:
     """Fuse the shortest suffix of ``block``'s loops whose extent is a multiple of ``lanes`` and
     vectorise it in lane-wide pieces. False (nothing changed) when no suffix fits."""
@@ -183,9 +191,7 @@ def _schedule_outer_reduction(sch: Any, block: Any, lanes: int, consumers: list[
     if n_loop is None or any(lp is None for lp in r_loops):
         return None
     n = _extent(sch, n_loop)
-    native = lanes
-    while n is not None and lanes > 4 and n % lanes:
-        lanes //= 2  # e.g. x_proj's 132 outputs: 4-wide vectors
+    native, lanes = lanes, _fit_lanes(n, lanes)
     if n is None or n % lanes:
         return None
     others = [lp for lp in loops if not any(sch.get(lp).same_as(sch.get(x)) for x in [n_loop, *r_loops])]
@@ -233,8 +239,7 @@ def _schedule_inner_reduction(sch: Any, block: Any, lanes: int, _consumers: list
     if r_loop is None or not sch.get(loops[-1]).same_as(sch.get(r_loop)):
         return None
     extent = _extent(sch, r_loop)
-    while extent is not None and lanes > 4 and extent % lanes:
-        lanes //= 2  # e.g. a softmax over DT's 60 keys: 4-wide partial sums
+    lanes = _fit_lanes(extent, lanes)  # e.g. a softmax over DT's 60 keys: 4-wide partial sums
     if extent is None or extent % lanes or extent == lanes:
         return None
     _, inner = sch.split(r_loop, [None, lanes])
@@ -511,13 +516,13 @@ def fast_gelu_te(x: Any) -> Any:
     return te.compute(x.shape, compute, name="fast_gelu", tag="elemwise")
 
 
-#: Below this, ``x - max`` gives 0 in ``fast_softmax``: e^-80 = 1.8e-35, so every weight it keeps, divided by
+#: Below this, ``x - max`` gives 0 in ``softmax_exp_te``: e^-80 = 1.8e-35, so every weight it keeps, divided by
 #: a row sum of at most a few thousand, is still a normal float (no denormal operands for the matmul after).
 _SOFTMAX_CUT = -80.0
 
 
 def softmax_exp_te(x: Any) -> Any:
-    """First half of ``fast_softmax``: ``e = exp(x - max(x))`` along the last axis (TE compute), the exp from
+    """First half of the fast-exp stage's softmax: ``e = exp(x - max(x))`` along the last axis (TE compute), the exp from
     ``_exp_expr`` and exactly 0 where ``x - max < _SOFTMAX_CUT`` (a masked ``-inf`` key among them)."""
     from tvm import te, tirx
 
@@ -535,7 +540,7 @@ def softmax_exp_te(x: Any) -> Any:
 
 
 def softmax_normalise_te(e: Any) -> Any:
-    """Second half of ``fast_softmax``: ``e / sum(e)`` along the last axis."""
+    """Second half of the fast-exp stage's softmax: ``e / sum(e)`` along the last axis."""
     from tvm import te
 
     *lead, n = e.shape

@@ -290,16 +290,6 @@ def test_gemm_register_block_keeps_eight_accumulators_where_it_can(rows, block_r
     np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-5, atol=1e-5)
 
 
-def _build_run(func, args: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
-    import tvm
-
-    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                         target=load_target("host").tvm_target())
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
-    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
-    return out.numpy()
-
-
 def _loop(script: str, kind: str, extent: int) -> bool:
     """Whether ``script`` has a ``T.<kind>`` loop of ``extent`` (int32 or int64 extents)."""
     return f"T.{kind}({extent})" in script or f"T.{kind}(T.int64({extent}))" in script
@@ -321,7 +311,7 @@ def test_narrow_widths_keep_vectors_and_the_register_block() -> None:
     script = func.script()
     assert all(_loop(script, kind, n) for kind, n in (("unroll", 4), ("unroll", 3), ("vectorized", 4))), script
     a, b = rng.standard_normal((60, 128)).astype(np.float32), rng.standard_normal((128, 60)).astype(np.float32)
-    np.testing.assert_allclose(_build_run(func, [a, b], (60, 60)), a @ b, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(_run_kernel(func, load_target("host").tvm_target(), [a, b, np.zeros((60, 60), np.float32)])[-1], a @ b, rtol=1e-5, atol=1e-4)
 
     x = te.placeholder((60, 60), "float32", name="x")
     k = te.reduce_axis((0, 60), name="k")
@@ -329,7 +319,7 @@ def test_narrow_widths_keep_vectors_and_the_register_block() -> None:
     func = schedule_prim_func(te.create_prim_func([x, total]), 8)
     assert func is not None and "rf" in func.script() and _loop(func.script(), "vectorized", 4)
     xs = rng.standard_normal((60, 60)).astype(np.float32)
-    np.testing.assert_allclose(_build_run(func, [xs], (60,)), xs.sum(axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run_kernel(func, load_target("host").tvm_target(), [xs, np.zeros(60, np.float32)])[-1], xs.sum(axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_fast_softmax_matches_torch_and_gives_masked_keys_exactly_zero() -> None:
@@ -349,7 +339,9 @@ def test_fast_softmax_matches_torch_and_gives_masked_keys_exactly_zero() -> None
     exp_func = schedule_prim_func(te.create_prim_func([x, softmax_exp_te(x)]), 8)
     norm_func = schedule_prim_func(te.create_prim_func([e, softmax_normalise_te(e)]), 8)
     assert exp_func is not None and norm_func is not None
-    got = _build_run(norm_func, [_build_run(exp_func, [xs], xs.shape)], xs.shape)
+    host = load_target("host").tvm_target()
+    e_out = _run_kernel(exp_func, host, [xs, np.zeros_like(xs)])[-1]
+    got = _run_kernel(norm_func, host, [e_out, np.zeros_like(xs)])[-1]
     want = torch.softmax(torch.from_numpy(xs), dim=-1).numpy()
     assert np.abs(got - want).max() <= 1e-6
     assert np.all(got[np.isneginf(xs)] == 0.0) and got[0, 5, 2] == 0.0
