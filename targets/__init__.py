@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ssmc.toolchain import Toolchain
 
 __all__ = [
+    "LLVM_OPTIONS",
     "PRECISIONS",
     "Budget",
     "Target",
@@ -56,6 +57,29 @@ _FIELDS = {
     "emulator", "cpu_features", "precisions", "budget", "notes",
 }
 _BUDGET_FIELDS = {"control_rate_hz", "step_latency_us", "memory_bytes", "source"}
+
+
+#: LLVM options every CPU (``llvm``) target is built with, in TVM's ``cl-opt`` syntax (``-name:type=value``;
+#: without the type TVM sets the option as a bool, which for an integer option does nothing).
+#:
+#: ``unroll-threshold-aggressive`` is the size budget of LLVM's loop unroller at -O3 (default 300). At 0 LLVM
+#: unrolls no loop of its own accord, and the loops the schedules unroll (compile/tuning.py's register
+#: blocks) are unrolled by TVM before LLVM sees them. Without it LLVM fully unrolled any loop whose constant
+#: trip count times its body fit the budget: a window step's per-token loops at small K (30 tokens at
+#: K = 10: a slice copy became 30 copies of its row), so a DeMa window step's code was 30 % larger at
+#: K = 10 than at K = 160, where the same loops stay loops. With it the code is the same size at every K
+#: (tests/test_window_step.py pins it). ``unroll-threshold`` itself is not used: LLVM reads it only when
+#: it was given on a command line, which TVM's option setter does not count.
+LLVM_OPTIONS: tuple[str, ...] = ("-unroll-threshold-aggressive:uint=0",)
+
+
+def _with_llvm_options(target: dict[str, Any]) -> dict[str, Any]:
+    """``target`` (a TVM target dict) with :data:`LLVM_OPTIONS` added to its ``cl-opt`` when it is an
+    ``llvm`` target; a descriptor's own ``cl-opt`` entries come after them, so they can override."""
+    target = dict(target)
+    if target.get("kind") == "llvm":
+        target["cl-opt"] = [*LLVM_OPTIONS, *target.get("cl-opt", [])]
+    return target
 
 
 @dataclass(frozen=True)
@@ -129,8 +153,8 @@ class Target:
             ) from e
         try:
             if self.host_dict is not None:
-                return TvmTarget(dict(self.target_dict), host=dict(self.host_dict))
-            return TvmTarget(dict(self.target_dict))
+                return TvmTarget(_with_llvm_options(self.target_dict), host=_with_llvm_options(self.host_dict))
+            return TvmTarget(_with_llvm_options(self.target_dict))
         except Exception as e:  # TVM raises its own error types (ValueError, TVMError, ...)
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ConfigError(f"target {self.name!r}: TVM rejects its target dict: {msg}") from e

@@ -12,6 +12,7 @@ from conftest import require_tools
 
 from ssmc.errors import ConfigError
 from ssmc.targets import (
+    LLVM_OPTIONS,
     PRECISIONS,
     Target,
     check_precision,
@@ -54,6 +55,8 @@ def test_descriptor_makes_tvm_target(name: str) -> None:
         assert t.cross_compiler == "aarch64-linux-gnu-gcc"
     else:
         assert t.cross_compiler is None and t.emulator is None
+    # Every CPU code generator runs with ssmc's LLVM options (targets.LLVM_OPTIONS: no unrolling by LLVM)
+    assert [str(o) for o in cpu.attrs["cl-opt"]][:len(LLVM_OPTIONS)] == list(LLVM_OPTIONS)
     # A round trip through the JSON form gives the same descriptor.
     assert Target.from_dict(json.loads(json.dumps(t.to_dict()))) == t
 

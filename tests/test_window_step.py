@@ -112,16 +112,19 @@ def test_each_mamba_layer_exports_one_scan_node_and_peers_see_plain_ops(checkpoi
     assert scans(plain) == 0 and not fused_scan_active()
 
 
-def test_code_size_does_not_grow_with_K(checkpoint, tmp_path) -> None:
-    """The scan is one loop whatever K: the library's code at K = 40 within 10 % of K = 5 (the unrolled
-    scan grew linearly: 3K copies of the per-token kernels)."""
+@pytest.mark.parametrize("kind", ["dema", "dt"])
+def test_code_size_is_flat_in_K(kind, checkpoint, tmp_path) -> None:
+    """The scan is one loop whatever K, and no per-token loop is unrolled because K is small: the library's
+    code at K = 40 within 10 % of K = 5, either way. Before the scan kernel the unrolled scan grew linearly
+    (3K copies of the per-token kernels); before targets.LLVM_OPTIONS, LLVM fully unrolled the per-token
+    loops whose trip count fit its budget, so the code *shrank* as K grew (DeMa -30 % from K = 10 to 160)."""
     require_tools("readelf")
     sizes = {}
     for K in (5, 40):
-        art = compile_checkpoint(checkpoint("dema", K), "host", "fp32", "window", tmp_path / f"k{K}.ssmc",
+        art = compile_checkpoint(checkpoint(kind, K), "host", "fp32", "window", tmp_path / f"k{K}.ssmc",
                                  executor="static")
         sizes[K] = text_bytes(art / "lib.so")
-    assert sizes[40] <= 1.1 * sizes[5], sizes
+    assert abs(sizes[40] - sizes[5]) <= 0.1 * sizes[5], sizes
 
 
 def text_bytes(library) -> int:
