@@ -215,3 +215,24 @@ def test_scan_kernel_bench_times_current_against_a_baseline(tmp_path, capsys) ->
     bad.write_text("x = 1\n")
     with pytest.raises(SystemExit, match="no selective_scan_primfunc"):
         mod.run(["host"], ["dmm-recurrent"], bad, rounds=1, number=1, seed=0)
+
+
+def test_window_bench_times_each_scan_of_the_step_alone(tmp_path) -> None:
+    """tools/bench/window_step.py's scan-alone entries: one per distinct ``ssmc::selective_scan`` call of the
+    exported window step (MambaDM: a global scan over the 3K tokens and a local one over K timesteps of 3
+    tokens, per layer), each built and timed; the report sets their sum against the whole step."""
+    sys.path.insert(0, str(ROOT / "tools" / "bench"))
+    spec = importlib.util.spec_from_file_location("window_step_bench", ROOT / "tools" / "bench" / "window_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls, entries = mod.scan_entries("mambadm", 2, tmp_path)
+    layers = build_model("mambadm", 11, 3, K=2).config.n_layer
+    assert {c["shape"]: c["calls_per_step"] for c in calls} == {"1x6x64x16": layers, "2x3x64x16": layers}
+    for c, e in zip(calls, entries, strict=True):
+        burst = e.run(5)
+        assert burst.n == 5 and burst.p50_us > 0
+        c["us_p50"] = burst.p50_us
+    step_us = 10 * sum(c["us_p50"] * c["calls_per_step"] for c in calls)
+    row = {"model": "mambadm", "K": 2, "scan_alone": calls, "latency": {"static": {"p50_us": step_us}}}
+    (line,) = [t for t in mod._scan_bound({"rows": [row]}) if t.startswith("- mambadm")]
+    assert f"{2 * layers} scans alone" in line and "10% of the whole step" in line

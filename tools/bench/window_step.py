@@ -162,6 +162,56 @@ def build_entries(kind: str, K: int, peers: list[str], work: Path, bundle: Any, 
     return row, entries
 
 
+#: The K at which each Mamba model's scans are also timed alone (issue 11's DeMa goal is at K = 20).
+SCAN_K = 20
+
+
+def scan_entries(kind: str, K: int, work: Path) -> tuple[list[dict[str, Any]], list[ss.Entry]]:
+    """The window step's ``ssmc::selective_scan`` calls (one per Mamba layer and branch, from the export),
+    each built alone exactly as the compiler builds it for ``host`` (compile/scan_kernel.py, from the zero
+    state) and timed by TVM's own timer in the same interleaved rounds as the steps: what the scans cost
+    with nothing else in the step. tools/bench/scan_kernel.py times the same kernel at fixed shapes."""
+    import torch
+    import tvm
+
+    from ssmc.compile.export import export_step
+    from ssmc.compile.scan_kernel import selective_scan_primfunc
+    from ssmc.compile.tuning import vector_lanes
+    from ssmc.targets import load_target
+    from ssmc.train.models import build_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scan_kernel import _inputs  # the kernel benchmark's inputs: Δ·A inside the normal range
+
+    torch.manual_seed(0)
+    model = build_model(kind, *sl.HOPPER, K=K).eval()
+    program = export_step(model, dict(sl.FRESH_EXTRA), "window").program
+    shapes: dict[tuple[int, int, int, int], int] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function" and "selective_scan" in str(node.target):
+            (b, L, d), n = node.args[0].meta["val"].shape, node.args[2].meta["val"].shape[1]
+            shapes[b, L, d, n] = shapes.get((b, L, d, n), 0) + 1
+    target = load_target("host").tvm_target()
+    lanes = vector_lanes(target)
+    calls, entries = [], []
+    for (b, L, d, n), count in shapes.items():
+        func = selective_scan_primfunc(b, L, d, n, lanes, False).with_attr("global_symbol", "main")
+        so = work / f"scan-{kind}-{b}x{L}x{d}x{n}.so"
+        tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(str(so))
+        lib = tvm.runtime.load_module(str(so))
+        args = [tvm.runtime.tensor(x) for x in _inputs((b, L, d, n), 0)[:5]]
+        args += [tvm.runtime.tensor(np.zeros((b, L, d), np.float32)), tvm.runtime.tensor(np.zeros((b, d, n), np.float32))]
+        timer = lib.time_evaluator("main", tvm.cpu(), number=1, repeat=1)
+
+        def run(steps: int, timer: Any = timer, args: list[Any] = args) -> ss.Burst:
+            return ss.burst_from_samples([int(timer(*args).mean * 1e9) for _ in range(steps)])
+
+        shape = f"{b}x{L}x{d}x{n}"
+        calls.append({"shape": shape, "calls_per_step": count, "state_elements": b * L * d * n})
+        entries.append(ss.Entry(f"{kind}@{K}", "fp32", f"scan {shape}", run))
+    return calls, entries
+
+
 def _first_error_line(e: Exception) -> str:
     """The compiler's own first ``error:`` line (IREE prints a long diagnostic), else the exception's first line."""
     text = str(e)
@@ -285,6 +335,7 @@ def markdown(result: dict[str, Any], png: str = "window-step.png") -> str:
         lines.append(f"| {name} | {_f(c['value'], 3 if isinstance(c['value'], float) else 0)} | "
                      f"{'yes' if c['met'] else '**no**'} |")
     lines += _ratio_headroom(result)
+    lines += _scan_bound(result)
     lines += ["", f"![latency against K]({png})", ""]
     return "\n".join(lines)
 
@@ -307,6 +358,34 @@ def _ratio_headroom(result: dict[str, Any]) -> list[str]:
                        f"core's best single-thread GEMM rate of {gemm:.1f} GMAC/s in the same run"
                        + (" (above it: not reachable at fp32 by any schedule)." if need > gemm else "."))
     return ["", "What the ratio goals ask of this core:", "", *out] if out else []
+
+
+def _scan_bound(result: dict[str, Any]) -> list[str]:
+    """Each Mamba model's scans at K = SCAN_K timed alone, against its whole step and issue 11's DeMa goals."""
+    out = []
+    for r in result["rows"]:
+        calls = r.get("scan_alone")
+        step = r["latency"].get("static", {}).get("p50_us")
+        if not calls or step is None or any("us_p50" not in c for c in calls):
+            continue
+        us = sum(c["us_p50"] * c["calls_per_step"] for c in calls)
+        elements = sum(c["state_elements"] * c["calls_per_step"] for c in calls)
+        shapes = ", ".join(f"{c['calls_per_step']} × {c['shape']}" for c in calls)
+        text = (f"- {r['model']} K={r['K']}: its {sum(c['calls_per_step'] for c in calls)} scans alone take {us:,.0f} µs "
+                f"a step ({shapes}; {elements:,} state "
+                f"elements, {us * 1e3 / elements:.2f} ns each: an exp(Δ·A), the state update and C·h), "
+                f"{us / step:.0%} of the whole step's {step:,.0f} µs")
+        if r["model"] == "dema":
+            iree = r["latency"].get("iree", {}).get("p50_us")
+            goal = min(GOALS["dema_static_us"], iree / GOALS["dema_iree_ratio"] if iree else float("inf"))
+            text += (f"; the goals ask for the whole step in {goal:,.0f} µs, "
+                     + ("less than the scans alone take." if us > goal else "which the scans alone leave room for."))
+        out.append(text + ("" if text.endswith(".") else "."))
+    if not out:
+        return []
+    return ["", "The scans alone (each `ssmc::selective_scan` call of the step built by itself for `host` and timed in the "
+            "same rounds; tools/bench/scan_kernel.py has the kernel's own benchmark, docs/scan-kernel.md what bounds it):",
+            "", *out]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -405,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                 row, es = build_entries(kind, K, peers, work, bundle, say,
                                         {"iree": args.iree_max_k, "ort": args.ort_max_k},
                                         {int(k) for k in args.peer_ks.split(",")} if args.peer_ks else None)
+                if K == SCAN_K and "static" in peers:
+                    row["scan_alone"], scans = scan_entries(kind, K, work)
+                    es += scans
                 rows.append(row)
                 entries += es
         for name, binary in floors.items():
@@ -418,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["latency"] = {p: summaries[f"{row['model']}@{row['K']}/fp32/{p}"] for p in peers
                           if f"{row['model']}@{row['K']}/fp32/{p}" in summaries}
+        for call in row.get("scan_alone", []):
+            call["us_p50"] = summaries[f"{row['model']}@{row['K']}/fp32/scan {call['shape']}"]["p50_us"]
     blas = {k: max(blas_before["gmacs"][k], blas_after["gmacs"][k]) for k in blas_before["gmacs"]}
     gemv = {f"C {k}": round(256 * 256 / (summaries[f"floor/fp32/gemv-{k}"]["p50_us"] * 1e3), 2) for k in floors}
     gemv.update({k: round(v, 2) for k, v in blas.items() if k.split()[1].startswith("1x")})
