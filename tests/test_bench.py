@@ -221,7 +221,6 @@ def test_window_bench_times_each_scan_of_the_step_alone(tmp_path) -> None:
     """tools/bench/window_step.py's scan-alone entries: one per distinct ``ssmc::selective_scan`` call of the
     exported window step (MambaDM: a global scan over the 3K tokens and a local one over K timesteps of 3
     tokens, per layer), each built and timed; the report sets their sum against the whole step."""
-    sys.path.insert(0, str(ROOT / "tools" / "bench"))
     spec = importlib.util.spec_from_file_location("window_step_bench", ROOT / "tools" / "bench" / "window_step.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -174,14 +174,14 @@ def scan_entries(kind: str, K: int, work: Path) -> tuple[list[dict[str, Any]], l
     import torch
     import tvm
 
+    # tools/bench/scan_kernel.py's inputs (Δ·A in the normal range); this folder is on sys.path
+    from scan_kernel import _inputs
+
     from ssmc.compile.export import export_step
     from ssmc.compile.scan_kernel import selective_scan_primfunc
     from ssmc.compile.tuning import vector_lanes
     from ssmc.targets import load_target
     from ssmc.train.models import build_model
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from scan_kernel import _inputs  # the kernel benchmark's inputs: Δ·A inside the normal range
 
     torch.manual_seed(0)
     model = build_model(kind, *sl.HOPPER, K=K).eval()
