@@ -65,12 +65,14 @@ def _inputs(shape: tuple[int, int, int, int], seed: int) -> list[np.ndarray]:
         rng.standard_normal((b, L, n)), rng.standard_normal((b, L, n)), rng.standard_normal((b, d, n)))]
 
 
-def build(mod: Any, shape: tuple[int, int, int, int], target: Any, lanes: int, workdir: Path, tag: str) -> Any:
-    """The kernel (with h0, as the recurrent step calls it) built for ``target``, loaded as a module."""
+def build(mod: Any, shape: tuple[int, int, int, int], target: Any, lanes: int, workdir: Path, tag: str,
+          with_h0: bool = True) -> Any:
+    """The kernel built for ``target``, loaded as a module: with h0 as the recurrent step calls it, or from the
+    zero state (``with_h0=False``) as a window step does."""
     import tvm
 
     b, L, d, n = shape
-    func = mod.selective_scan_primfunc(b, L, d, n, lanes, True).with_attr("global_symbol", "main")
+    func = mod.selective_scan_primfunc(b, L, d, n, lanes, with_h0).with_attr("global_symbol", "main")
     so = workdir / f"{tag}.so"
     tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(str(so))
     return tvm.runtime.load_module(str(so))

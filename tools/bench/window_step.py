@@ -174,17 +174,20 @@ def scan_entries(kind: str, K: int, work: Path) -> tuple[list[dict[str, Any]], l
     import torch
     import tvm
 
-    # tools/bench/scan_kernel.py's inputs (Δ·A in the normal range); this folder is on sys.path
-    from scan_kernel import _inputs
+    # tools/bench/scan_kernel.py's builder and inputs (Δ·A in the normal range); this folder is on sys.path
+    from scan_kernel import _inputs, build
 
+    from ssmc.compile import scan_kernel
     from ssmc.compile.export import export_step
-    from ssmc.compile.scan_kernel import selective_scan_primfunc
     from ssmc.compile.tuning import vector_lanes
     from ssmc.targets import load_target
     from ssmc.train.models import build_model
+    from ssmc.train.models.mamba import Mamba
 
     torch.manual_seed(0)
     model = build_model(kind, *sl.HOPPER, K=K).eval()
+    if not any(isinstance(m, Mamba) for m in model.modules()):  # DT: no scan, nothing to export
+        return [], []
     program = export_step(model, dict(sl.FRESH_EXTRA), "window").program
     shapes: dict[tuple[int, int, int, int], int] = {}
     for node in program.graph.nodes:
@@ -195,10 +198,7 @@ def scan_entries(kind: str, K: int, work: Path) -> tuple[list[dict[str, Any]], l
     lanes = vector_lanes(target)
     calls, entries = [], []
     for (b, L, d, n), count in shapes.items():
-        func = selective_scan_primfunc(b, L, d, n, lanes, False).with_attr("global_symbol", "main")
-        so = work / f"scan-{kind}-{b}x{L}x{d}x{n}.so"
-        tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(str(so))
-        lib = tvm.runtime.load_module(str(so))
+        lib = build(scan_kernel, (b, L, d, n), target, lanes, work, f"scan-{kind}-{b}x{L}x{d}x{n}", with_h0=False)
         args = [tvm.runtime.tensor(x) for x in _inputs((b, L, d, n), 0)[:5]]
         args += [tvm.runtime.tensor(np.zeros((b, L, d), np.float32)), tvm.runtime.tensor(np.zeros((b, d, n), np.float32))]
         timer = lib.time_evaluator("main", tvm.cpu(), number=1, repeat=1)
