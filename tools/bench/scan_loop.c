@@ -21,13 +21,22 @@
 #define V 8
 static float delta[L*D], du[L*D], A2[D*N], B[L*N], C[L*N], y[L*D], hL[D*N];
 static float acc[16*V] __attribute__((aligned(64)));
+/* compile/scan_kernel.py's EXP2_POLY */
 static const float P1=1.3264811132103205e-3f,P2=9.671512991189957e-3f,P3=5.550733581185341e-2f,P4=2.4022242426872253e-1f,P5=6.931470036506653e-1f;
 #ifndef VARIANT
 #define VARIANT 0
 #endif
-__attribute__((noinline)) void scan(void){
+/* 2^w as the kernel computes it: clamp at -60, round by the magic number, degree-5 polynomial, exponent bits */
+static inline __m256 exp2_kernel(__m256 w){
   const __m256 lo=_mm256_set1_ps(-60.f), mg=_mm256_set1_ps(8389120.f), one=_mm256_set1_ps(1.f);
-  const __m256 p1=_mm256_set1_ps(P1),p2=_mm256_set1_ps(P2),p3=_mm256_set1_ps(P3),p4=_mm256_set1_ps(P4),p5=_mm256_set1_ps(P5);
+  w=_mm256_max_ps(w,lo);
+  __m256 m=_mm256_add_ps(w,mg);
+  __m256 g=_mm256_sub_ps(w,_mm256_sub_ps(m,mg));
+  __m256 p=_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(
+      _mm256_set1_ps(P1),g,_mm256_set1_ps(P2)),g,_mm256_set1_ps(P3)),g,_mm256_set1_ps(P4)),g,_mm256_set1_ps(P5)),g,one);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p),_mm256_slli_epi32(_mm256_castps_si256(m),23)));
+}
+__attribute__((noinline)) void scan(void){
   for(int d=0; d<D; d++){
     for(int blk=0; blk<L; blk+=16){
       int tb = L-blk<16 ? L-blk : 16;
@@ -40,11 +49,7 @@ __attribute__((noinline)) void scan(void){
         for(int i=0;i<tb;i++){
           int t=blk+i;
           __m256 dl=_mm256_set1_ps(delta[t*D+d]), dd=_mm256_set1_ps(du[t*D+d]);
-#define EXP(a, e) { __m256 w=_mm256_max_ps(_mm256_mul_ps(dl,a),lo); __m256 m=_mm256_add_ps(w,mg); \
-          __m256 g=_mm256_sub_ps(w,_mm256_sub_ps(m,mg)); \
-          __m256 p=_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(p1,g,p2),g,p3),g,p4),g,p5),g,one); \
-          e=_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p),_mm256_slli_epi32(_mm256_castps_si256(m),23))); }
-          __m256 e0, e1; EXP(a0, e0) EXP(a1, e1)
+          __m256 e0=exp2_kernel(_mm256_mul_ps(dl,a0)), e1=exp2_kernel(_mm256_mul_ps(dl,a1));
           h0=_mm256_fmadd_ps(h0,e0,_mm256_mul_ps(dd,_mm256_loadu_ps(B+t*N+c*V)));
           h1=_mm256_fmadd_ps(h1,e1,_mm256_mul_ps(dd,_mm256_loadu_ps(B+t*N+c*V+V)));
           __m256 s0=_mm256_fmadd_ps(h0,_mm256_loadu_ps(C+t*N+c*V),_mm256_load_ps(acc+i*V));
@@ -62,11 +67,7 @@ __attribute__((noinline)) void scan(void){
 #if VARIANT==2
           __m256 e=w;
 #else
-          w=_mm256_max_ps(w,lo);
-          __m256 m=_mm256_add_ps(w,mg);
-          __m256 g=_mm256_sub_ps(w,_mm256_sub_ps(m,mg));
-          __m256 p=_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(p1,g,p2),g,p3),g,p4),g,p5),g,one);
-          __m256 e=_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p),_mm256_slli_epi32(_mm256_castps_si256(m),23)));
+          __m256 e=exp2_kernel(w);
 #endif
           __m256 u=_mm256_mul_ps(_mm256_set1_ps(du[t*D+d]),_mm256_loadu_ps(B+t*N+c*V));
           h=_mm256_fmadd_ps(h,e,u);
