@@ -235,3 +235,15 @@ def test_window_bench_times_each_scan_of_the_step_alone(tmp_path) -> None:
     row = {"model": "mambadm", "K": 2, "scan_alone": calls, "latency": {"static": {"p50_us": step_us}}}
     (line,) = [t for t in mod._scan_bound({"rows": [row]}) if t.startswith("- mambadm")]
     assert f"{2 * layers} scans alone" in line and "10% of the whole step" in line
+
+
+def test_train_throughput_times_the_fused_kernels_alone() -> None:
+    """``train_throughput.py --kernels``: the exp, scan forward and backward per state element at DeMa's
+    layer shape (the rows docs/training-throughput.md quotes)."""
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "tools" / "bench" / "train_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.kernels(batch=1, repeats=1)
+    assert [r["kernel"] for r in rows] == ["exp", "scan forward", "scan backward"]
+    assert rows[1]["elements"] == rows[2]["elements"] == 1 * 128 * 60 * 64
+    assert all(r["ms"] > 0 and r["ns_per_element"] > 0 for r in rows)

@@ -107,6 +107,51 @@ def profile(name: str, batch: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def kernels(batch: int, repeats: int = 5) -> list[dict]:
+    """The fused kernels alone at DeMa's layer shape (d_inner 128, d_state 64, 60 tokens): ns per state
+    element (batch · tokens · d_inner · d_state) of the fp32 exp, the scan forward and its backward;
+    the fastest of ``repeats`` calls (kernels are deterministic in their work, so the minimum is the
+    least disturbed by other jobs)."""
+    import numpy as np
+    from numba import njit
+
+    from ssmc.train.models import _fused_kernels as k
+
+    @njit(fastmath=True)
+    def exp_loop(x, out):
+        for i in range(x.shape[0]):
+            out[i] = k._exp(x[i])
+
+    b, d, L, n = batch, 128, 60, 64
+    rng = np.random.default_rng(0)
+    u, gy = (rng.standard_normal((b, d, L)).astype(np.float32) for _ in range(2))
+    delta = (rng.random((b, d, L)) * 0.1).astype(np.float32)
+    A = -np.tile(np.arange(1, n + 1, dtype=np.float32), (d, 1))
+    B, C = (rng.standard_normal((b, L, n)).astype(np.float32) for _ in range(2))
+    y, h = np.empty((b, d, L), np.float32), np.empty((b, d, n), np.float32)
+    gu, gdelta, gA, gB, gC = (np.zeros_like(a) for a in (u, u, A, B, C))
+    x = (rng.standard_normal(b * d * L * n // 16) * 4).astype(np.float32)
+    ex = np.empty_like(x)
+    work = {
+        "exp": (lambda: exp_loop(x, ex), x.size),
+        "scan forward": (lambda: k.forward(u, delta, A, B, C, y, h), b * d * L * n),
+        "scan backward": (lambda: k.backward(u, delta, A, B, C, gy, gu, gdelta, gA, gB, gC), b * d * L * n),
+    }
+    rows = []
+    for name, (fn, elements) in work.items():
+        fn()  # compile / load from the cache
+        best = min(_timed(fn) for _ in range(repeats))
+        rows.append({"kernel": name, "elements": elements, "ms": round(best * 1e3, 2),
+                     "ns_per_element": round(best / elements * 1e9, 3)})
+    return rows
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(MODELS))
@@ -117,8 +162,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="Markdown file to write (and .json beside it).")
     ap.add_argument("--profile", metavar="MODEL", default=None,
                     help="Only profile one fused-scan training step of MODEL (torch.profiler, self CPU time).")
+    ap.add_argument("--kernels", action="store_true",
+                    help="Only time the fused kernels alone at DeMa's layer shape (ns per state element).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernels:
+        for r in kernels(args.batch):
+            print(f"{r['kernel']:14s} {r['ms']:8.2f} ms  {r['ns_per_element']:.3f} ns / element")
+        return
     if args.profile:
         profile(args.profile, args.batch)
         return
