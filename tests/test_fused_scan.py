@@ -163,3 +163,24 @@ def test_the_fp32_exp_is_vectorised_without_int64_conversions():
     int64_conversion = r"(fptosi (<\d+ x )?(float|double)>?|sitofp (<\d+ x )?i64>?)[^\n]* to (<\d+ x )?(i64|float)"
     assert not re.search(int64_conversion, ir), re.search(int64_conversion, ir).group(0)
     assert re.search(r"<\d+ x float>", ir), "the exp loop was not vectorised"
+
+
+@pytest.mark.parametrize("drop", [("D",), ("z",), ("D", "z")], ids=["no-skip", "no-gate", "neither"])
+def test_the_fused_skip_and_gate_are_optional(drop):
+    """The kernels fuse the D skip and the SiLU(z) gate; without either they must still match the reference,
+    with an odd channel count (the backward's last channel pairs with itself)."""
+    x = inputs(b=2, d=7, L=11, n=5)
+    for k in drop:
+        del x[k]
+
+    def run(fn):
+        xs = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+        out = fn(xs["u"], xs["delta"], xs["A"], xs["B"], xs["C"], xs.get("D"), z=xs.get("z"),
+                 delta_bias=xs["delta_bias"], delta_softplus=True)
+        gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        return out, dict(zip(xs, torch.autograd.grad(out, list(xs.values()), gy), strict=True))
+
+    ref_out, ref_grads = run(selective_scan_ref)
+    out, grads = run(selective_scan)
+    assert rel(out, ref_out) <= 1e-5
+    assert all(rel(grads[k], ref_grads[k]) <= 1e-5 for k in ref_grads)

@@ -108,8 +108,9 @@ def profile(name: str, batch: int) -> None:
 
 
 def kernels(batch: int, repeats: int = 5) -> list[dict]:
-    """The fused kernels alone at DeMa's layer shape (d_inner 128, d_state 64, 60 tokens): ns per state
-    element (batch · tokens · d_inner · d_state) of the fp32 exp, the scan forward and its backward;
+    """The fused kernels alone at DeMa's layer shape (d_inner 128, d_state 64, 60 tokens, skip and gate
+    on): ns per state element (batch · tokens · d_inner · d_state) of the fp32 exp, the scan forward and
+    its backward;
     the fastest of ``repeats`` calls (kernels are deterministic in their work, so the minimum is the
     least disturbed by other jobs)."""
     import numpy as np
@@ -124,18 +125,20 @@ def kernels(batch: int, repeats: int = 5) -> list[dict]:
 
     b, d, L, n = batch, 128, 60, 64
     rng = np.random.default_rng(0)
-    u, gy = (rng.standard_normal((b, d, L)).astype(np.float32) for _ in range(2))
-    delta = (rng.random((b, d, L)) * 0.1).astype(np.float32)
+    u, z, gout = (rng.standard_normal((b, L, d)).astype(np.float32) for _ in range(3))
+    delta = (rng.random((b, L, d)) * 0.1).astype(np.float32)
     A = -np.tile(np.arange(1, n + 1, dtype=np.float32), (d, 1))
     B, C = (rng.standard_normal((b, L, n)).astype(np.float32) for _ in range(2))
-    y, h = np.empty((b, d, L), np.float32), np.empty((b, d, n), np.float32)
-    gu, gdelta, gA, gB, gC = (np.zeros_like(a) for a in (u, u, A, B, C))
+    D = np.ones(d, np.float32)
+    out, ys, h = np.empty((b, L, d), np.float32), np.empty((b, L, d), np.float32), np.empty((b, d, n), np.float32)
+    gu, gdelta, gz, gA, gB, gC, gD = (np.zeros_like(a) for a in (u, u, u, A, B, C, D))
     x = (rng.standard_normal(b * d * L * n // 16) * 4).astype(np.float32)
     ex = np.empty_like(x)
     work = {
         "exp": (lambda: exp_loop(x, ex), x.size),
-        "scan forward": (lambda: k.forward(u, delta, A, B, C, y, h), b * d * L * n),
-        "scan backward": (lambda: k.backward(u, delta, A, B, C, gy, gu, gdelta, gA, gB, gC), b * d * L * n),
+        "scan forward": (lambda: k.forward(u, delta, A, B, C, D, z, True, out, ys, h), b * d * L * n),
+        "scan backward": (lambda: k.backward(u, delta, A, B, C, D, z, True, ys, gout, gu, gdelta, gz, gA, gB, gC, gD),
+                          b * d * L * n),
     }
     rows = []
     for name, (fn, elements) in work.items():

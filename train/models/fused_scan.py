@@ -18,8 +18,13 @@ exp: fp32 inputs use a polynomial 2^x (the same range reduction as the compiler'
 written so that LLVM vectorises the inner loop over d_state; libm's ``expf`` is a call per element that
 blocks vectorisation and was most of the scan's time. fp64 inputs use ``math.exp`` (exact, for gradcheck).
 
-Layouts (the ones Mamba produces without copies where possible): u, delta (b, d, l); A (d, n);
-B, C (b, l, n). Outputs: y (b, d, l), last state (b, d, n).
+The D skip and the SiLU(z) gate are fused too (as in mamba-ssm's kernel), and the kernels index u, Δ and
+z as (b, l, d) views of Mamba's batch-major activations with whatever strides they have: the transposes
+to and from a (b, d, l) layout, and the separate skip and gate ops with their backward passes, were about
+a tenth of a DeMa layer's training time (torch.profiler, tools/bench/train_throughput.py --profile).
+
+The backward walks channels in pairs that share the loads of B_t, C_t and the updates of their gradients
+(about 15 % off the backward at DeMa's shape). Layouts: u, Δ, z and the output (b, l, d), any strides; A (d, n); B, C (b, l, n); last state (b, d, n).
 """
 
 from __future__ import annotations
@@ -68,53 +73,75 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 class FusedSelectiveScanFn(torch.autograd.Function):
-    """u, delta (b, d, l) with Δ already biased and softplus'd; A (d, n); B, C (b, l, n).
+    """Mamba's scan with its D skip and SiLU(z) gate, on batch-major tensors:
+    out = (C·h + D u) · silu(z), h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t from a zero state.
 
-    Returns y (b, d, l) (the scan's C·h, before the D skip and the gate) and the last state (b, d, n),
-    which is not differentiable. All inputs must be contiguous CPU tensors of one dtype (fp32 or fp64).
+    u, delta (Δ, already biased and softplus'd), z: (b, l, d), any strides (the kernels read one element
+    per token, so views of Mamba's (b, l, ·) activations need no copy); A (d, n); B, C (b, l, n)
+    contiguous; D (d,) or None (no skip); z None for no gate. One dtype throughout (fp32 or fp64).
+    Returns out (b, l, d) and the last state (b, d, n), which is not differentiable.
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor):
-        b, d, L = u.shape
-        y = u.new_empty(b, d, L)
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                z: Tensor | None):
+        b, L, d = u.shape
+        gate = z is not None
+        D_ = u.new_zeros(d) if D is None else D
+        z_ = u if z is None else z  # not read when there is no gate
+        out = u.new_empty(b, L, d)
+        ys = u.new_empty(b, L, d) if gate else out  # y before the gate, for the backward
         h = u.new_empty(b, d, A.shape[1])
         k = _kernels()
-        (k.forward_parallel if _threads(b) > 1 else k.forward)(_np(u), _np(delta), _np(A), _np(B), _np(C),
-                                                              y.numpy(), h.numpy())
-        ctx.save_for_backward(u, delta, A, B, C)
+        (k.forward_parallel if _threads(b) > 1 else k.forward)(
+            _np(u), _np(delta), _np(A), _np(B), _np(C), _np(D_), _np(z_), gate, out.numpy(), ys.numpy(), h.numpy())
+        ctx.save_for_backward(u, delta, A, B, C, D_, z_, ys)
+        ctx.gate, ctx.has_D = gate, D is not None
         ctx.mark_non_differentiable(h)
-        return y, h
+        return out, h
 
     @staticmethod
-    def backward(ctx, gy: Tensor, _gh_last: Tensor):
-        u, delta, A, B, C = ctx.saved_tensors
-        gy = gy.contiguous()
-        gu, gdelta = torch.empty_like(u), torch.empty_like(delta)
+    def backward(ctx, gout: Tensor, _gh_last: Tensor):
+        u, delta, A, B, C, D, z, ys = ctx.saved_tensors
+        gu, gdelta = torch.empty_like(u, memory_format=torch.contiguous_format), torch.empty_like(
+            delta, memory_format=torch.contiguous_format)
+        gz = torch.empty_like(z, memory_format=torch.contiguous_format) if ctx.gate else gu  # unused without gate
         gB, gC = torch.zeros_like(B), torch.zeros_like(C)
-        args = (_np(u), _np(delta), _np(A), _np(B), _np(C), _np(gy), gu.numpy(), gdelta.numpy())
-        if _threads(u.shape[0]) > 1:
-            gA_rows = u.new_zeros(u.shape[0], *A.shape)  # (b, d, n): per-row partials, no shared writes
-            _kernels().backward_parallel(*args, gA_rows.numpy(), gB.numpy(), gC.numpy())
-            gA = gA_rows.sum(0)
+        args = (_np(u), _np(delta), _np(A), _np(B), _np(C), _np(D), _np(z), ctx.gate, _np(ys), _np(gout),
+                gu.numpy(), gdelta.numpy(), gz.numpy())
+        b = u.shape[0]
+        if _threads(b) > 1:
+            gA_rows, gD_rows = u.new_zeros(b, *A.shape), u.new_zeros(b, D.shape[0])
+            _kernels().backward_parallel(*args, gA_rows.numpy(), gB.numpy(), gC.numpy(), gD_rows.numpy())
+            gA, gD = gA_rows.sum(0), gD_rows.sum(0)
         else:
-            gA = torch.zeros_like(A)
-            _kernels().backward(*args, gA.numpy(), gB.numpy(), gC.numpy())
-        return gu, gdelta, gA, gB, gC
+            gA, gD = torch.zeros_like(A), torch.zeros_like(D)
+            _kernels().backward(*args, gA.numpy(), gB.numpy(), gC.numpy(), gD.numpy())
+        return gu, gdelta, gA, gB, gC, gD if ctx.has_D else None, gz if ctx.gate else None
 
 
-def fused_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
-    """The fused scan on scan.py's layouts: u, delta (b, d, l); A (d, n); B, C (b, n, l).
+def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                         z: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The fused scan on scan.py's layouts: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D (d,).
 
-    Returns y (b, d, l) without the D skip or gate, and h_L (b, d, n). Differentiable in all five inputs.
+    delta is Δ itself (biased and softplus'd by the caller). Returns out = (C·h + D u) · silu(z) as a
+    (b, d, l) view of a batch-major tensor (what Mamba transposes back for free) and h_L (b, d, n).
+    Differentiable in every input but h_L.
     """
     if not has_numba():
         raise RuntimeError("the fused CPU scan needs numba (pip install numba)")
     dtype = u.dtype
-    u, delta = u.contiguous(), delta.to(dtype).contiguous()
+    bld = [None if t is None else t.to(dtype).transpose(1, 2) for t in (u, delta, z)]  # views, no copies
     A = A.to(dtype).contiguous()
     B, C = B.to(dtype).transpose(1, 2).contiguous(), C.to(dtype).transpose(1, 2).contiguous()
-    return FusedSelectiveScanFn.apply(u, delta, A, B, C)
+    D = None if D is None else D.to(dtype).contiguous()
+    out, h = FusedSelectiveScanFn.apply(bld[0], bld[1], A, B, C, D, bld[2])
+    return out.transpose(1, 2), h
+
+
+def fused_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """The scan alone (no D skip, no gate): y (b, d, l) = C·h, and h_L (b, d, n); layouts as above."""
+    return fused_selective_scan(u, delta, A, B, C)
 
 
 def usable(u: Tensor, delta: Tensor) -> bool:

@@ -198,8 +198,8 @@ def selective_scan(
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
     if needs_grad and not tracing and fused_scan.usable(u, delta):  # CPU training: the numba kernel (fused_scan.py)
-        y, h = fused_scan.fused_scan(u, delta, A, B, C)  # y (b, d, l): no time-major copies
-        out = _finish(y, u, D, None if z is None else z.to(dtype)).to(dtype_in)
+        out, h = fused_scan.fused_selective_scan(u, delta, A, B, C, D, z)  # skip and gate fused in
+        out = out.to(dtype_in)
         return (out, h) if return_last_state else out
     time_major = [t.permute(2, 0, 1).contiguous() for t in (delta, delta * u, B.to(dtype), C.to(dtype))]
     if needs_grad and not tracing:  # fused_scan unusable (no numba, or SSMC_FUSED_SCAN=0): the torch scan
