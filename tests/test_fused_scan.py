@@ -184,3 +184,38 @@ def test_the_fused_skip_and_gate_are_optional(drop):
     out, grads = run(selective_scan)
     assert rel(out, ref_out) <= 1e-5
     assert all(rel(grads[k], ref_grads[k]) <= 1e-5 for k in ref_grads)
+
+
+def test_the_fused_conv_and_silu_match_conv1d(monkeypatch):
+    """Mamba's causal conv1d + SiLU as one kernel (fused_conv.py) in CPU training: the layer's output and
+    every parameter's gradient equal the conv1d path's (SSMC_FUSED_SCAN=0), and the kernel is what ran."""
+    from ssmc.train.models import fused_conv
+
+    torch.manual_seed(0)
+    layer = Mamba(24, d_state=8)
+    with torch.no_grad():
+        layer.conv1d.bias.normal_()
+    x = torch.randn(3, 13, 24)
+
+    def run():
+        layer.zero_grad()
+        xs = x.clone().requires_grad_()
+        out = layer(xs)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+        return out.detach(), xs.grad, {k: p.grad.clone() for k, p in layer.named_parameters()}
+
+    calls = []
+    real = fused_conv.FusedConvSiluFn.apply
+    monkeypatch.setattr(fused_conv.FusedConvSiluFn, "apply", lambda *a: calls.append(1) or real(*a))
+    out, gx, grads = run()
+    assert calls == [1]
+    monkeypatch.setenv(fused_scan.ENV_SWITCH, "0")
+    ref_out, ref_gx, ref_grads = run()
+    assert calls == [1]
+    assert rel(out, ref_out) <= 1e-5 and rel(gx, ref_gx) <= 1e-5
+    for k in ref_grads:
+        assert rel(grads[k], ref_grads[k]) <= 1e-5, k
+    with torch.no_grad():  # evaluation keeps conv1d
+        monkeypatch.delenv(fused_scan.ENV_SWITCH)
+        assert rel(layer(x), ref_out) <= 1e-5
+    assert calls == [1]

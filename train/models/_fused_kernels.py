@@ -238,3 +238,50 @@ def backward_parallel(u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, g
     for bi in prange(u.shape[0]):
         _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA_rows[bi], gB, gC,
                         gD_rows[bi])
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def conv_silu_forward(x, wT, bias, pre, out):
+    """Mamba's causal depthwise conv and its SiLU, batch-major: pre[b, t] = bias + Σ_k wT[k] x[b, t - K + 1 + k]
+    (zeros before the first token), out = silu(pre). x (b, l, d) any strides; wT (K, d); pre, out (b, l, d).
+    The loops run over channels innermost, contiguous in every array, so each tap is one vector FMA."""
+    b, L, d = x.shape
+    K = wT.shape[0]
+    one = out.dtype.type(1)
+    for bi in range(b):
+        for t in range(L):
+            for di in range(d):
+                pre[bi, t, di] = bias[di]
+            for k in range(max(0, K - 1 - t), K):
+                s = t - (K - 1) + k
+                for di in range(d):
+                    pre[bi, t, di] += wT[k, di] * x[bi, s, di]
+            for di in range(d):
+                c = pre[bi, t, di]
+                out[bi, t, di] = c / (one + _exp(-c))
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def conv_silu_backward(x, wT, pre, gout, gx, gwT, gbias):
+    """Gradients of ``conv_silu_forward``: gx (b, l, d) written; gwT (K, d), gbias (d,) accumulated."""
+    b, L, d = x.shape
+    K = wT.shape[0]
+    one = gx.dtype.type(1)
+    gc = np.empty((L, d), gx.dtype)  # dLoss/dpre for one batch row
+    for bi in range(b):
+        for t in range(L):
+            for di in range(d):
+                c = pre[bi, t, di]
+                sg = one / (one + _exp(-c))
+                g = gout[bi, t, di] * sg * (one + c * (one - sg))
+                gc[t, di] = g
+                gbias[di] += g
+        for s in range(L):  # x[s] feeds pre[s + K - 1 - k] through tap k
+            for di in range(d):
+                gx[bi, s, di] = 0
+            for k in range(K):
+                t = s + (K - 1) - k
+                if t < L:
+                    for di in range(d):
+                        gx[bi, s, di] += wT[k, di] * gc[t, di]
+                        gwT[k, di] += gc[t, di] * x[bi, s, di]

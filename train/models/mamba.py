@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssmc.train.models import fused_conv, fused_scan
 from ssmc.train.models.scan import selective_scan, ssm_step
 from ssmc.train.models.scan_op import fused_scan_active, selective_scan_op, selective_scan_tokens, ssm_step_op
 
@@ -125,10 +126,13 @@ class Mamba(nn.Module):
         fused = fused_scan_active()
         xz = self.in_proj(hidden)  # (b, l, 2·d_inner)
         x, z = xz[..., : self.d_inner], xz[..., self.d_inner :]
-        if self.use_conv:
-            # zeros first: (b, d_conv - 1 + l, d_inner)
-            x = self._causal_conv_by_taps(F.pad(x, (0, 0, self.d_conv - 1, 0))) if fused else self._causal_conv(x)
-        x = F.silu(x)  # (b, l, d_inner)
+        if self.use_conv and not fused and self._train_fused(x):  # CPU training: conv and SiLU in one kernel
+            x = fused_conv.conv_silu(x, self.conv1d)
+        else:
+            if self.use_conv:
+                # zeros first: (b, d_conv - 1 + l, d_inner)
+                x = self._causal_conv_by_taps(F.pad(x, (0, 0, self.d_conv - 1, 0))) if fused else self._causal_conv(x)
+            x = F.silu(x)  # (b, l, d_inner)
         dt, B, C = self._x_proj(x)  # (b, l, ·)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, d_inner); bias and softplus inside the scan
         A, D, bias = -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
@@ -139,6 +143,11 @@ class Mamba(nn.Module):
             z=z.transpose(1, 2), delta_bias=bias, delta_softplus=True,
         )  # (b, d_inner, l)
         return self.out_proj(y.transpose(1, 2))
+
+    def _train_fused(self, x: Tensor) -> bool:
+        """True when this forward trains on CPU with the fused kernels (fused_scan.py, fused_conv.py)."""
+        return (torch.is_grad_enabled() and self.conv1d.weight.requires_grad and x.dtype == self.conv1d.weight.dtype
+                and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()) and fused_scan.usable(x, x))
 
     def _causal_conv(self, x: Tensor) -> Tensor:
         """Causal depthwise conv of x (b, l, d_inner) by ``conv1d`` (padded both sides; the right dropped)."""
