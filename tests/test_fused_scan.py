@@ -128,11 +128,17 @@ def test_a_dema_training_step_gives_the_reference_gradients(monkeypatch):
 
 
 def test_the_parallel_kernels_match_the_reference(monkeypatch):
-    """SSMC_SCAN_THREADS=2: the kernels split batch rows over threads (per-row gA partials)."""
-    x = inputs(b=5, d=16, L=30, n=8)
+    """The kernels follow torch's thread count (or SSMC_SCAN_THREADS) and split batch rows over threads
+    (per-row gA and gD partials); a multi-chunk backward (L 130 > 64) included."""
+    x = inputs(b=5, d=16, L=130, n=8)
     ref_out, ref_last, ref_grads = outputs_and_grads(selective_scan_ref, x)
-    assert fused_scan._threads(5) == 1  # serial unless asked
+    assert torch.get_num_threads() == 1 and fused_scan._threads(5) == 1  # conftest: one torch thread
+    torch.set_num_threads(2)  # conftest's fixture restores it
+    assert fused_scan._threads(5) == 2 and fused_scan._threads(1) == 1  # never more threads than rows
+    monkeypatch.setenv(fused_scan.THREADS_ENV, "1")
+    assert fused_scan._threads(5) == 1  # the variable wins
     monkeypatch.setenv(fused_scan.THREADS_ENV, "2")
+    torch.set_num_threads(1)
     assert fused_scan._threads(5) == 2
     out, last, grads = outputs_and_grads(selective_scan, x)
     assert rel(out, ref_out) <= 1e-5 and rel(last, ref_last) <= 1e-5
@@ -219,3 +225,17 @@ def test_the_fused_conv_and_silu_match_conv1d(monkeypatch):
         monkeypatch.delenv(fused_scan.ENV_SWITCH)
         assert rel(layer(x), ref_out) <= 1e-5
     assert calls == [1]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 10, 64])
+def test_the_backward_recomputes_chunk_by_chunk_from_checkpoints(chunk, monkeypatch):
+    """The forward keeps the state every ``chunk`` tokens and the backward recomputes one chunk at a time:
+    chunks of one token, a partial last chunk (20 = 4 · 5), an exact fit (2 · 10) and one chunk (64 > 20)
+    all give the reference's gradients."""
+    monkeypatch.setattr(fused_scan, "CHUNK", chunk)
+    x = inputs(b=2, d=5, L=20, n=6)
+    ref_out, ref_last, ref_grads = outputs_and_grads(selective_scan_ref, x)
+    out, last, grads = outputs_and_grads(selective_scan, x)
+    assert rel(out, ref_out) <= 1e-5 and rel(last, ref_last) <= 1e-5
+    for k in ref_grads:
+        assert rel(grads[k], ref_grads[k]) <= 1e-5, k

@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     save_every: int = 1_000
-    threads: int = 1  # one thread beat two on 2-core machines (docs/design.md); 0 keeps torch's default
+    threads: int = 0  # 0 keeps torch's default (the physical cores); the fused kernels follow it (docs/design.md)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "save_every"):

@@ -117,6 +117,7 @@ def kernels(batch: int, repeats: int = 5) -> list[dict]:
     from numba import njit
 
     from ssmc.train.models import _fused_kernels as k
+    from ssmc.train.models import fused_scan
 
     @njit(fastmath=True)
     def exp_loop(x, out):
@@ -134,10 +135,12 @@ def kernels(batch: int, repeats: int = 5) -> list[dict]:
     gu, gdelta, gz, gA, gB, gC, gD = (np.zeros_like(a) for a in (u, u, u, A, B, C, D))
     x = (rng.standard_normal(b * d * L * n // 16) * 4).astype(np.float32)
     ex = np.empty_like(x)
+    ckpt = np.empty((b, d, (L - 1) // fused_scan.CHUNK, n), np.float32)
     work = {
         "exp": (lambda: exp_loop(x, ex), x.size),
-        "scan forward": (lambda: k.forward(u, delta, A, B, C, D, z, True, out, ys, h), b * d * L * n),
-        "scan backward": (lambda: k.backward(u, delta, A, B, C, D, z, True, ys, gout, gu, gdelta, gz, gA, gB, gC, gD),
+        "scan forward": (lambda: k.forward(u, delta, A, B, C, D, z, True, out, ys, h, ckpt, fused_scan.CHUNK), b * d * L * n),
+        "scan backward": (lambda: k.backward(u, delta, A, B, C, D, z, True, ys, gout, gu, gdelta, gz, gA, gB, gC, gD,
+                                                    ckpt, fused_scan.CHUNK),
                           b * d * L * n),
     }
     rows = []

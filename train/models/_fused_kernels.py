@@ -93,9 +93,10 @@ def _batch_major(buf, a, bi):
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last):
+def _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last, ckpt, chunk):
     """One batch row: every channel's state walks the tokens in an n-float buffer; the D skip and the
-    SiLU(z) gate applied per token (y kept in ``ys`` for the backward when gated)."""
+    SiLU(z) gate applied per token (y kept in ``ys`` for the backward when gated). The state before token
+    c · chunk is kept in ckpt[bi, di, c - 1] (c ≥ 1) for the backward's recomputation."""
     L, d = u.shape[1], u.shape[2]
     n = A.shape[1]
     dtype = out.dtype
@@ -107,6 +108,8 @@ def _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last):
     for di in range(d):
         h[:] = 0
         for t in range(L):
+            if t > 0 and t % chunk == 0:
+                ckpt[bi, di, t // chunk - 1, :] = h
             dt = db[di, t]
             x = dt * ub[di, t]
             acc = dtype.type(0)
@@ -127,8 +130,13 @@ def _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last):
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA, gB, gC, gD):
-    """One batch row. gu, gdelta, gz (b, l, d) written; gA (d, n), gB, gC (b, l, n), gD (d,) accumulated."""
+def _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA, gB, gC, gD, ckpt, chunk):
+    """One batch row. gu, gdelta, gz (b, l, d) written; gA (d, n), gB, gC (b, l, n), gD (d,) accumulated.
+
+    The tokens are taken a chunk at a time, last chunk first: its states recomputed from the forward's
+    checkpoint into (chunk + 1) x n buffers, then the adjoint walked back through it. The buffers stay
+    the same size at any context length (all of 600 tokens' states, DeMa-RNN's, were 0.6 MB for a channel
+    pair: more than L2)."""
     L, d = u.shape[1], u.shape[2]
     n = A.shape[1]
     dtype = gu.dtype
@@ -136,8 +144,9 @@ def _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz,
     # Channels are walked in pairs (di, e = di + 1): the two share every load of B_t, C_t and every
     # read-modify-write of gB_t, gC_t, the inner loop's memory traffic. An odd last channel is paired with
     # itself, its second copy's cotangent scaled by 0 and its writes made first (so the real ones win).
-    hs0, hs1 = np.empty((L + 1, n), dtype), np.empty((L + 1, n), dtype)  # hs[t + 1] = h_t, hs[0] = 0
-    dA0, dA1 = np.empty((L, n), dtype), np.empty((L, n), dtype)  # Ā_t
+    T = min(chunk, L)
+    hs0, hs1 = np.empty((T + 1, n), dtype), np.empty((T + 1, n), dtype)  # hs[j + 1] = h_(t0 + j), hs[0] = h_(t0 - 1)
+    dA0, dA1 = np.empty((T, n), dtype), np.empty((T, n), dtype)  # Ā_(t0 + j)
     g0, g1 = np.empty(n, dtype), np.empty(n, dtype)  # dLoss/dh_t, carried backwards
     gA0, gA1 = np.empty(n, dtype), np.empty(n, dtype)  # the channels' dA, local (an output array blocks vectorisation)
     ub, db, gyb = np.empty((d, L), dtype), np.empty((d, L), dtype), np.empty((d, L), dtype)
@@ -156,53 +165,63 @@ def _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz,
     for di in range(0, d, 2):
         e = min(di + 1, d - 1)
         w1 = one if e != di else dtype.type(0)
-        hs0[0, :] = 0
-        hs1[0, :] = 0
-        for t in range(L):  # recompute the pair's states
-            dt0, dt1 = db[di, t], db[e, t]
-            x0, x1 = dt0 * ub[di, t], dt1 * ub[e, t]
-            for k in range(n):
-                a0, a1 = _exp(dt0 * A[di, k]), _exp(dt1 * A[e, k])
-                dA0[t, k], dA1[t, k] = a0, a1
-                bk = B[bi, t, k]
-                hs0[t + 1, k] = a0 * hs0[t, k] + x0 * bk
-                hs1[t + 1, k] = a1 * hs1[t, k] + x1 * bk
         g0[:] = 0
         g1[:] = 0
         gA0[:] = 0
         gA1[:] = 0
         gD0, gD1 = dtype.type(0), dtype.type(0)
-        for t in range(L - 1, -1, -1):
-            dt0, dt1 = db[di, t], db[e, t]
-            u0, u1 = ub[di, t], ub[e, t]
-            x0, x1 = dt0 * u0, dt1 * u1
-            gy0, gy1 = gyb[di, t], gyb[e, t] * w1
-            gD0 += gy0 * u0
-            gD1 += gy1 * u1
-            gx0, gx1, gd0, gd1 = dtype.type(0), dtype.type(0), dtype.type(0), dtype.type(0)
-            for k in range(n):
-                ck, bk = C[bi, t, k], B[bi, t, k]
-                gk0 = g0[k] + ck * gy0  # g_t
-                gk1 = g1[k] + ck * gy1
-                gC[bi, t, k] += hs0[t + 1, k] * gy0 + hs1[t + 1, k] * gy1
-                gB[bi, t, k] += gk0 * x0 + gk1 * x1
-                gx0 += gk0 * bk
-                gx1 += gk1 * bk
-                gk0 = gk0 * dA0[t, k]  # Ā_t g_t: this step's share of g_{t-1}
-                gk1 = gk1 * dA1[t, k]
-                P0 = gk0 * hs0[t, k]  # dLoss/d(Δ_t A)
-                P1 = gk1 * hs1[t, k]
-                gA0[k] += P0 * dt0
-                gA1[k] += P1 * dt1
-                gd0 += P0 * A[di, k]
-                gd1 += P1 * A[e, k]
-                g0[k] = gk0
-                g1[k] = gk1
-            # ub, db now take gu, gdelta (their values were last read above); e first, so di wins if e == di
-            ub[e, t] = gx1 * dt1 + gy1 * D[e]
-            db[e, t] = gd1 + gx1 * u1
-            ub[di, t] = gx0 * dt0 + gy0 * D[di]
-            db[di, t] = gd0 + gx0 * u0
+        for c in range((L - 1) // chunk, -1, -1):
+            t0 = c * chunk
+            T = min(chunk, L - t0)
+            if c == 0:
+                hs0[0, :] = 0
+                hs1[0, :] = 0
+            else:
+                hs0[0, :] = ckpt[bi, di, c - 1, :]
+                hs1[0, :] = ckpt[bi, e, c - 1, :]
+            for j in range(T):  # recompute the pair's states in this chunk
+                t = t0 + j
+                dt0, dt1 = db[di, t], db[e, t]
+                x0, x1 = dt0 * ub[di, t], dt1 * ub[e, t]
+                for k in range(n):
+                    a0, a1 = _exp(dt0 * A[di, k]), _exp(dt1 * A[e, k])
+                    dA0[j, k], dA1[j, k] = a0, a1
+                    bk = B[bi, t, k]
+                    hs0[j + 1, k] = a0 * hs0[j, k] + x0 * bk
+                    hs1[j + 1, k] = a1 * hs1[j, k] + x1 * bk
+            for j in range(T - 1, -1, -1):
+                t = t0 + j
+                dt0, dt1 = db[di, t], db[e, t]
+                u0, u1 = ub[di, t], ub[e, t]
+                x0, x1 = dt0 * u0, dt1 * u1
+                gy0, gy1 = gyb[di, t], gyb[e, t] * w1
+                gD0 += gy0 * u0
+                gD1 += gy1 * u1
+                gx0, gx1, gd0, gd1 = dtype.type(0), dtype.type(0), dtype.type(0), dtype.type(0)
+                for k in range(n):
+                    ck, bk = C[bi, t, k], B[bi, t, k]
+                    gk0 = g0[k] + ck * gy0  # g_t
+                    gk1 = g1[k] + ck * gy1
+                    gC[bi, t, k] += hs0[j + 1, k] * gy0 + hs1[j + 1, k] * gy1
+                    gB[bi, t, k] += gk0 * x0 + gk1 * x1
+                    gx0 += gk0 * bk
+                    gx1 += gk1 * bk
+                    gk0 = gk0 * dA0[j, k]  # Ā_t g_t: this step's share of g_{t-1}
+                    gk1 = gk1 * dA1[j, k]
+                    P0 = gk0 * hs0[j, k]  # dLoss/d(Δ_t A)
+                    P1 = gk1 * hs1[j, k]
+                    gA0[k] += P0 * dt0
+                    gA1[k] += P1 * dt1
+                    gd0 += P0 * A[di, k]
+                    gd1 += P1 * A[e, k]
+                    g0[k] = gk0
+                    g1[k] = gk1
+                # ub, db take gu, gdelta (values last read above; earlier chunks read only earlier tokens);
+                # e first, so di wins if e == di
+                ub[e, t] = gx1 * dt1 + gy1 * D[e]
+                db[e, t] = gd1 + gx1 * u1
+                ub[di, t] = gx0 * dt0 + gy0 * D[di]
+                db[di, t] = gd0 + gx0 * u0
         for k in range(n):
             gA[e, k] += gA1[k]
             gA[di, k] += gA0[k]
@@ -213,31 +232,32 @@ def _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz,
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def forward(u, delta, A, B, C, D, z, gate, out, ys, h_last):
+def forward(u, delta, A, B, C, D, z, gate, out, ys, h_last, ckpt, chunk):
     for bi in range(u.shape[0]):
-        _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last)
+        _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last, ckpt, chunk)
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def backward(u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA, gB, gC, gD):
+def backward(u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA, gB, gC, gD, ckpt, chunk):
     """gA (d, n), gB, gC (b, l, n), gD (d,) accumulated: zeroed by the caller."""
     for bi in range(u.shape[0]):
-        _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA, gB, gC, gD)
+        _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA, gB, gC, gD, ckpt, chunk)
 
 
 @njit(fastmath=True, cache=True, parallel=True)
-def forward_parallel(u, delta, A, B, C, D, z, gate, out, ys, h_last):
+def forward_parallel(u, delta, A, B, C, D, z, gate, out, ys, h_last, ckpt, chunk):
     for bi in prange(u.shape[0]):
-        _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last)
+        _forward_batch(bi, u, delta, A, B, C, D, z, gate, out, ys, h_last, ckpt, chunk)
 
 
 @njit(fastmath=True, cache=True, parallel=True)
-def backward_parallel(u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA_rows, gB, gC, gD_rows):
+def backward_parallel(u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA_rows, gB, gC, gD_rows, ckpt,
+                      chunk):
     """As ``backward`` over batch rows in parallel; gA_rows (b, d, n) and gD_rows (b, d): one partial per
     row (summed by the caller), so no two threads write the same element."""
     for bi in prange(u.shape[0]):
         _backward_batch(bi, u, delta, A, B, C, D, z, gate, ys, gout, gu, gdelta, gz, gA_rows[bi], gB, gC,
-                        gD_rows[bi])
+                        gD_rows[bi], ckpt, chunk)
 
 
 @njit(fastmath=True, cache=True, nogil=True)

@@ -51,14 +51,19 @@ def _kernels():
     return _fused_kernels
 
 
-THREADS_ENV = "SSMC_SCAN_THREADS"  # >1: the kernels split batch rows over that many numba threads
+CHUNK = 64  # tokens per checkpoint: the backward recomputes states this many at a time (L2-sized buffers)
+THREADS_ENV = "SSMC_SCAN_THREADS"  # the kernels' thread count, when it should differ from torch's
 
 
 def _threads(batch: int) -> int:
-    """Threads for the kernels: 1 (the serial kernels) unless SSMC_SCAN_THREADS asks for more. Opt-in:
-    torch's OpenMP workers spin after each op and fight numba's for the cores (one try on this 2-core shared
-    machine: a DeMa step on 2 threads took 7x longer than on one; docs/training-throughput.md)."""
-    want = min(int(os.environ.get(THREADS_ENV, "1") or 1), batch)
+    """Threads for the kernels: torch's own thread count (``torch.set_num_threads``, ``ssmc train
+    --threads``) unless SSMC_SCAN_THREADS says otherwise; 1 runs the serial kernels. Batch rows are split
+    over the threads. Measured on this 2-core machine (numba's OpenMP threading layer, nothing else
+    running), two threads against one took a DeMa training step from 273 to 157 ms and DMM's from 71 to 48
+    (docs/training-throughput.md); an earlier try, with a sweep running beside it, had found two threads
+    7x slower, so a loaded machine may want SSMC_SCAN_THREADS=1."""
+    want = os.environ.get(THREADS_ENV, "")
+    want = min(int(want) if want else torch.get_num_threads(), batch)
     if want <= 1:
         return 1
     import numba
@@ -92,17 +97,21 @@ class FusedSelectiveScanFn(torch.autograd.Function):
         out = u.new_empty(b, L, d)
         ys = u.new_empty(b, L, d) if gate else out  # y before the gate, for the backward
         h = u.new_empty(b, d, A.shape[1])
+        chunk = CHUNK
+        ckpt = u.new_empty(b, d, (L - 1) // chunk, A.shape[1])  # states before tokens chunk, 2·chunk, ...
         k = _kernels()
         (k.forward_parallel if _threads(b) > 1 else k.forward)(
-            _np(u), _np(delta), _np(A), _np(B), _np(C), _np(D_), _np(z_), gate, out.numpy(), ys.numpy(), h.numpy())
-        ctx.save_for_backward(u, delta, A, B, C, D_, z_, ys)
+            _np(u), _np(delta), _np(A), _np(B), _np(C), _np(D_), _np(z_), gate, out.numpy(), ys.numpy(), h.numpy(),
+            ckpt.numpy(), chunk)
+        ctx.save_for_backward(u, delta, A, B, C, D_, z_, ys, ckpt)
+        ctx.chunk = chunk
         ctx.gate, ctx.has_D = gate, D is not None
         ctx.mark_non_differentiable(h)
         return out, h
 
     @staticmethod
     def backward(ctx, gout: Tensor, _gh_last: Tensor):
-        u, delta, A, B, C, D, z, ys = ctx.saved_tensors
+        u, delta, A, B, C, D, z, ys, ckpt = ctx.saved_tensors
         gu, gdelta = torch.empty_like(u, memory_format=torch.contiguous_format), torch.empty_like(
             delta, memory_format=torch.contiguous_format)
         gz = torch.empty_like(z, memory_format=torch.contiguous_format) if ctx.gate else gu  # unused without gate
@@ -112,11 +121,12 @@ class FusedSelectiveScanFn(torch.autograd.Function):
         b = u.shape[0]
         if _threads(b) > 1:
             gA_rows, gD_rows = u.new_zeros(b, *A.shape), u.new_zeros(b, D.shape[0])
-            _kernels().backward_parallel(*args, gA_rows.numpy(), gB.numpy(), gC.numpy(), gD_rows.numpy())
+            _kernels().backward_parallel(*args, gA_rows.numpy(), gB.numpy(), gC.numpy(), gD_rows.numpy(),
+                                         ckpt.numpy(), ctx.chunk)
             gA, gD = gA_rows.sum(0), gD_rows.sum(0)
         else:
             gA, gD = torch.zeros_like(A), torch.zeros_like(D)
-            _kernels().backward(*args, gA.numpy(), gB.numpy(), gC.numpy(), gD.numpy())
+            _kernels().backward(*args, gA.numpy(), gB.numpy(), gC.numpy(), gD.numpy(), ckpt.numpy(), ctx.chunk)
         return gu, gdelta, gA, gB, gC, gD if ctx.has_D else None, gz if ctx.gate else None
 
 
