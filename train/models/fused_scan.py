@@ -51,7 +51,7 @@ def _kernels():
     return _fused_kernels
 
 
-CHUNK = 64  # tokens per checkpoint: the backward recomputes states this many at a time (L2-sized buffers)
+CHUNK = 64  # tokens per checkpoint: the backward recomputes states this many at a time (bounded buffers)
 THREADS_ENV = "SSMC_SCAN_THREADS"  # the kernels' thread count, when it should differ from torch's
 
 
