@@ -247,3 +247,37 @@ def test_train_throughput_times_the_fused_kernels_alone() -> None:
     assert [r["kernel"] for r in rows] == ["exp", "scan forward", "scan backward"]
     assert rows[1]["elements"] == rows[2]["elements"] == 1 * 128 * 60 * 64
     assert all(r["ms"] > 0 and r["ns_per_element"] > 0 for r in rows)
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_long_context_bench_checks_the_cache_and_sums_the_run() -> None:
+    """tools/bench/long_context.py (DM-H's 28x as its paper defines it): the cached transformer computes what
+    re-encoding the context computes, the interleaved run times every step of both, and the estimated
+    re-encoding total is the interpolated curve summed over the steps."""
+    lc = _load_tool("long_context")
+    dmh, ad = lc.build("dmh-d4rl", steps=40)
+    assert ad.hidden == dmh.config.hidden and len(ad.blocks) == dmh.config.n_layer
+    assert lc.check_cache(ad, steps=12) <= 1e-5
+    forgetful = lc.ADTransformer(11, 3, ad.hidden, len(ad.blocks), ad.n_head, 40)
+    forgetful.load_state_dict(ad.state_dict())
+    real_step = forgetful.step
+    forgetful.step = lambda cache, *a: real_step({**cache, "n": 0}, *a)  # attends to its own step only
+    assert lc.check_cache(forgetful, steps=12) > 1e-3  # a cache that loses the context is caught
+    times = lc.run_interleaved(dmh, ad, steps=40, episode=20, block=7, progress=False)
+    assert [len(v) for v in times.values()] == [40, 40] and all(t > 0 for v in times.values() for t in v)
+    curve = [(10, 1.0), (20, 2.0), (40, 4.0)]  # linear: step n costs n / 10 s
+    assert lc.integrate(curve, 1, 40) == pytest.approx(sum(n / 10 for n in range(1, 41)))
+    rows = lc.summarise(times, curve, steps=40, episode=20)
+    assert rows["dmh"]["ratio_vs_dmh"] == pytest.approx(1.0)
+    assert rows["ad-reencode"]["estimated"] and not rows["ad-cached"]["estimated"]
+    assert rows["ad-reencode"]["per_episode_s"] == pytest.approx([lc.integrate(curve, 1, 20), lc.integrate(curve, 21, 40)])
+    assert "estimated" in lc.report({"args": {"steps": 40, "episode": 20, "samples": 3, "config": "dmh-d4rl"},
+                                     "torch": "x", "cpu": "y", "dmh_params": 1, "ad_params": 2, "hidden": 128,
+                                     "n_layer": 3, "cache_check_rel_err": 0.0, "load": [0.0, 0.0], "curve": curve,
+                                     "rows": rows})

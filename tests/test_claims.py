@@ -95,3 +95,23 @@ def test_a_sweep_without_the_baseline_is_one_line(tmp_path):
     p.write_text(json.dumps({"rows": [row("dema", "a", [1.0, 2.0])]}))
     res = CliRunner().invoke(cli, ["claims", str(p)])
     assert res.exit_code == 2 and res.output.startswith("error: ") and "baseline" in res.output
+
+
+def test_dmh_long_context_claim_is_judged_per_transformer_from_the_docs_json(sweep_file):
+    """DM-H's 28x comes from docs/long-context.json (tools/bench/long_context.py): holds against the baseline
+    whose run takes >= 28x DM-H's, not against the one that takes 1.9x; absent file, no row is made up."""
+    path, docs = sweep_file
+    assert vd.verdict(path, docs_dir=docs)["long_context"] == []
+    rows = {"dmh": {"total_s": 10.0, "per_episode_s": [5.0, 5.0], "ratio_vs_dmh": 1.0, "last_episode_ratio_vs_dmh": 1.0},
+            "ad-cached": {"total_s": 19.0, "per_episode_s": [7.0, 12.0], "ratio_vs_dmh": 1.9,
+                          "last_episode_ratio_vs_dmh": 2.4},
+            "ad-reencode": {"total_s": 6000.0, "per_episode_s": [1000.0, 5000.0], "ratio_vs_dmh": 600.0,
+                            "last_episode_ratio_vs_dmh": 1000.0, "estimated": True}}
+    (docs / "long-context.json").write_text(json.dumps({"args": {"steps": 4000}, "rows": rows}))
+    v = vd.verdict(path, docs_dir=docs)
+    verdicts = {c["source"].split("'")[1]: c["verdict"] for c in v["long_context"]}
+    assert verdicts == {"ad-cached": "does not hold", "ad-reencode": "holds"}
+    text = vd.render(v)
+    assert "| dmh | DM-H's online testing over a 4,000-step context" in text and "estimated" in text
+    (docs / "long-context.json").write_text("{not json")
+    assert vd.verdict(path, docs_dir=docs)["long_context"] == []

@@ -222,7 +222,8 @@ def markdown(data: dict[str, Any], png: Path) -> str:
         "re-encode K timesteps per control step, so their MACs grow with K; recurrent models carry state and "
         "cost a constant three tokens per step, at the price of a larger state. The DT ÷ model column "
         "compares one hopper control step; DM-H's 28× is claimed for long-horizon tasks with several "
-        "trajectories of context, which this configuration does not reach.",
+        "trajectories of context, which this configuration does not reach; measured as the paper defines it "
+        "in [long-context.md](long-context.md) and judged in the verdict below.",
         "",
         "## Per-step cost against context length",
         "",

@@ -67,6 +67,7 @@ def claims(sweep_json: str, baseline: str, docs_dir: str, out: str | None, as_js
     same datasets, with a 95 % Welch CI (holds if the CI is above 0, does not hold if below, else
     undecided at this many seeds). Size: parameter and MACs-per-step ratios at the configs run. Deployed
     cost: compiled-step latency and memory ratios read from the docs' benchmark JSON (named in the output).
+    DM-H's 28x online-testing claim: from docs/long-context.json (tools/bench/long_context.py), when present.
     """
     from ssmc.train.verdict import render, verdict, write
 
