@@ -89,6 +89,9 @@ def quickstart(workdir: str, steps: int, episodes: int, size: int, cross: bool) 
     ckpt = root / "runs" / "quickstart-dmm"
     cfg = TrainConfig(steps=steps, warmup_steps=min(100, max(steps // 10, 1)), save_every=max(steps // 2, 1))
     fit = Trainer("dmm", data, ckpt, cfg, dataset_path=str(data_path), env_id=ENV).fit(progress=True)
+    import torch
+
+    torch.set_num_threads(1)  # training used every core; the batch-1 stages after it are faster on one
 
     arts = root / "artifacts" / "quickstart"  # apart from the default paths: `ssmc compile` after it works
     crossed: list[tuple[str, str]] = []

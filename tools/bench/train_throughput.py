@@ -192,28 +192,35 @@ def main() -> None:
             f"Forward + backward + AdamW step, batch {args.batch}, each paper's K, hopper sizes (obs 11, act 3), "
             f"{args.threads} thread(s), torch {torch.__version__}, {cpu}; median of {args.steps} steps after "
             f"{args.warmup} warm-up steps, the two scans interleaved. *torch scan*: scan.SelectiveScanFn "
-            "(before issue 13); *fused scan*: the numba kernels of train/models/fused_scan.py (after, the default). "
-            f"Load average {load_before:.1f} before / {load_after:.1f} after (other jobs shared the machine: "
-            "the CPU-time columns are the steadier ones).",
+            "(before issue 13), conv1d and SiLU through torch; *fused scan*: the numba kernels of "
+            "train/models/fused_scan.py and fused_conv.py (after, the default), on torch's thread count. "
+            f"Load average {load_before:.1f} before / {load_after:.1f} after"
+            + (" (other jobs shared the machine: the CPU-time columns are the steadier ones)." if args.threads == 1 else
+               "; wall-clock only: a thread's CPU time does not measure a step that several threads share."),
             "",
             "Reproduce: `python tools/bench/train_throughput.py --threads "
             f"{args.threads} --steps {args.steps} --warmup {args.warmup} --out {args.out}`",
             "",
-            "| model | K | params | torch scan: ms / step (CPU) | fused scan: ms / step (CPU) | speed-up (CPU) "
-            "| torch scan wall ms | fused scan wall ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in rows:
-            if "fused_cpu_ms" in r:
-                lines.append(f"| {r['model']} | {r['K']} | {r['params']:,} | {r['torch_cpu_ms']} | {r['fused_cpu_ms']} | "
-                             f"{r['speedup_cpu']}× | {r['torch_wall_ms']} | {r['fused_wall_ms']} |")
-            else:
-                lines.append(f"| {r['model']} | {r['K']} | {r['params']:,} | {r['torch_cpu_ms']} | (no scan) | – | "
-                             f"{r['torch_wall_ms']} | – |")
+        if args.threads == 1:
+            lines += ["| model | K | params | torch scan: ms / step (CPU) | fused scan: ms / step (CPU) | speed-up (CPU) "
+                      "| torch scan wall ms | fused scan wall ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in rows:
+                fused = (f"{r['fused_cpu_ms']} | {r['speedup_cpu']}× | {r['torch_wall_ms']} | {r['fused_wall_ms']}"
+                         if "fused_cpu_ms" in r else f"(no scan) | – | {r['torch_wall_ms']} | –")
+                lines.append(f"| {r['model']} | {r['K']} | {r['params']:,} | {r['torch_cpu_ms']} | {fused} |")
+        else:
+            lines += ["| model | K | params | torch scan: wall ms / step | fused scan: wall ms / step | speed-up |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for r in rows:
+                fused = f"{r['fused_wall_ms']} | {r['speedup_wall']}×" if "fused_wall_ms" in r else "(no scan) | –"
+                lines.append(f"| {r['model']} | {r['K']} | {r['params']:,} | {r['torch_wall_ms']} | {fused} |")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        replace_marked_block(args.out, "<!-- train_throughput: begin -->", "<!-- train_throughput: end -->",
+        tag = "train_throughput" if args.threads == 1 else f"train_throughput threads={args.threads}"
+        replace_marked_block(args.out, f"<!-- {tag}: begin -->", f"<!-- {tag}: end -->",
                              "\n".join(lines) + "\n", default="# CPU training throughput\n")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+        json_path = args.out.with_suffix(".json" if args.threads == 1 else f".threads{args.threads}.json")
+        json_path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
