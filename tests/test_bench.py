@@ -281,3 +281,21 @@ def test_long_context_bench_checks_the_cache_and_sums_the_run() -> None:
                                      "torch": "x", "cpu": "y", "dmh_params": 1, "ad_params": 2, "hidden": 128,
                                      "n_layer": 3, "cache_check_rel_err": 0.0, "load": [0.0, 0.0], "curve": curve,
                                      "rows": rows})
+
+
+@pytest.mark.slow
+def test_train_ab_times_two_commits_from_their_own_worktrees() -> None:
+    """tools/bench/train_ab.py (the A/B quoted in docs/training-throughput.md): each commit is imported from
+    its own worktree (the script refuses otherwise), both are timed, and the worktrees are removed."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    before = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "train_ab.py"), "HEAD", "HEAD", "--model", "dmm",
+                          "--rounds", "1", "--steps", "1", "--warmup", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import re
+
+    for label in ("A HEAD", "B HEAD"):
+        assert re.search(rf"round 1 +{label} dmm: min \d+ ms, median \d+ ms", out.stdout), out.stdout
+    after = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == before
