@@ -135,7 +135,7 @@ def check_cache(ad: ADTransformer, steps: int = 24) -> float:
     """Largest relative error of the cached step's actions against the re-encoding forward."""
     rtg, obs = stream(steps)
     cache, prev = ad.init_cache(), torch.zeros(1, HOPPER[1])
-    acts, prevs, worst = [], [], 0.0
+    prevs, worst = [], 0.0
     with torch.inference_mode():
         for t in range(steps):
             prevs.append(prev)
@@ -143,7 +143,6 @@ def check_cache(ad: ADTransformer, steps: int = 24) -> float:
             ref = ad.reencode(rtg[None, :t + 1], obs[None, :t + 1], torch.stack(prevs, 1))
             err = ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
             worst = max(worst, err if err == err else math.inf)
-            acts.append(a)
             prev = a
     return worst
 

@@ -110,9 +110,8 @@ def profile(name: str, batch: int) -> None:
 def kernels(batch: int, repeats: int = 5) -> list[dict]:
     """The fused kernels alone at DeMa's layer shape (d_inner 128, d_state 64, 60 tokens, skip and gate
     on): ns per state element (batch · tokens · d_inner · d_state) of the fp32 exp, the scan forward and
-    its backward;
-    the fastest of ``repeats`` calls (kernels are deterministic in their work, so the minimum is the
-    least disturbed by other jobs)."""
+    its backward; the fastest of ``repeats`` calls (the kernels' work is fixed, so the minimum is the
+    call least disturbed by other jobs)."""
     import numpy as np
     from numba import njit
 
@@ -138,10 +137,10 @@ def kernels(batch: int, repeats: int = 5) -> list[dict]:
     ckpt = np.empty((b, d, (L - 1) // fused_scan.CHUNK, n), np.float32)
     work = {
         "exp": (lambda: exp_loop(x, ex), x.size),
-        "scan forward": (lambda: k.forward(u, delta, A, B, C, D, z, True, out, ys, h, ckpt, fused_scan.CHUNK), b * d * L * n),
+        "scan forward": (lambda: k.forward(u, delta, A, B, C, D, z, True, out, ys, h, ckpt, fused_scan.CHUNK),
+                         b * d * L * n),
         "scan backward": (lambda: k.backward(u, delta, A, B, C, D, z, True, ys, gout, gu, gdelta, gz, gA, gB, gC, gD,
-                                                    ckpt, fused_scan.CHUNK),
-                          b * d * L * n),
+                                             ckpt, fused_scan.CHUNK), b * d * L * n),
     }
     rows = []
     for name, (fn, elements) in work.items():

@@ -13,9 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _np(t: Tensor):
-    return t.detach().numpy()
+from ssmc.train.models.fused_scan import _np
 
 
 class FusedConvSiluFn(torch.autograd.Function):
@@ -26,7 +24,7 @@ class FusedConvSiluFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None):
         from ssmc.train.models import _fused_kernels as k
 
-        x = x.contiguous()  # a view of in_proj's output (every other d channels): copied, so the loops vectorise
+        x = x.contiguous()  # a view into in_proj's (b, l, 2·d) output: copied, so the loops vectorise
         b, L, d = x.shape
         wT = weight[:, 0, :].t().contiguous()  # (K, d)
         bias_ = x.new_zeros(d) if bias is None else bias.contiguous()
