@@ -177,3 +177,22 @@ def test_fit_until_stops_saves_and_continues_on_the_same_schedule(pendulum_file,
     assert t.step == 14
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), t.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_eval_runs_window_scans_through_the_fused_kernel(pendulum_file, tmp_path, monkeypatch):
+    """evaluate_checkpoint (``ssmc eval``, sweeps) rolls out inside fused_scan.inference(): dmm's window
+    scans call the numba kernel; the policy used by ``verify`` (TorchPolicy alone) does not."""
+    from ssmc.train.models import fused_scan
+
+    _train(pendulum_file, tmp_path, steps=5)
+    calls = []
+    real = fused_scan.FusedSelectiveScanFn.apply
+    monkeypatch.setattr(fused_scan.FusedSelectiveScanFn, "apply", lambda *a: calls.append(1) or real(*a))
+    res = evaluate_checkpoint(str(tmp_path), None, episodes=1, seed=3, progress=False)
+    assert np.isfinite(res["returns"][0]) and len(calls) >= 200  # every step of the 200-step episode
+    calls.clear()
+    model, extra = load_checkpoint(tmp_path)
+    pol = TorchPolicy(model, extra)
+    pol.reset()
+    pol.act(np.zeros(3))
+    assert calls == []

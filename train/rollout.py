@@ -64,9 +64,12 @@ def evaluate_checkpoint(checkpoint: str, env_id: str | None, episodes: int, seed
     if not env_id:
         raise ConfigError(f"{checkpoint} does not record its environment; pass --env ENV_ID (e.g. --env Hopper-v5), "
                           "or train with --env so that the checkpoint records it")
+    from ssmc.train.models import fused_scan
+
     policy = TorchPolicy(model, extra, semantics)
     dims = (model.config.obs_dim, model.config.act_dim)
-    res = rollout(policy.act, policy.reset, env_id, episodes, seed, target_return, progress, dims)
+    with fused_scan.inference():  # window steps' scans through the numba kernel (3-5x faster rollouts)
+        res = rollout(policy.act, policy.reset, env_id, episodes, seed, target_return, progress, dims)
     out = res.summary()
     out.update({"checkpoint": str(checkpoint), "model": extra.get("model"), "semantics": policy.semantics,
                 "target_return": policy.default_target if target_return is None else target_return,

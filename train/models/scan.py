@@ -197,7 +197,8 @@ def selective_scan(
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
-    if needs_grad and not tracing and fused_scan.usable(u, delta):  # CPU training: the numba kernel (fused_scan.py)
+    fused = not tracing and fused_scan.usable(u, delta) and (needs_grad or fused_scan.inference_active())
+    if fused:  # CPU training, or rollouts inside fused_scan.inference(): the numba kernels (fused_scan.py)
         out, h = fused_scan.fused_selective_scan(u, delta, A, B, C, D, z)  # skip and gate fused in
         out = out.to(dtype_in)
         return (out, h) if return_last_state else out
