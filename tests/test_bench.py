@@ -24,12 +24,16 @@ EXTRA = {"obs_mean": [0.5, -1.0, 2.0, 0.0, 3.0], "obs_std": [1.5, 0.5, 2.0, 1.0,
          "target_return": 3000.0}
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("step_latency", ROOT / "tools" / "bench" / "step_latency.py")
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_tool("step_latency")
 
 
 def test_peers_agree_with_pytorch_and_get_timed(bench, tmp_path) -> None:
@@ -80,9 +84,7 @@ def tiny(tmp_path_factory):
     work = tmp_path_factory.mktemp("static-step")
     ckpt = save_checkpoint(model, work / "ckpt", EXTRA)
     exported = export_step(model, EXTRA, "recurrent")
-    spec = importlib.util.spec_from_file_location("step_latency", ROOT / "tools" / "bench" / "step_latency.py")
-    sl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sl)
+    sl = _load_tool("step_latency")
     inputs, state = sl._state_after(exported.reference, 3, np.random.default_rng(0))
     args_t = [*inputs, *state]
     with torch.inference_mode():
@@ -203,9 +205,7 @@ def test_static_step_floor_interleaving_and_report(static_step, tmp_path) -> Non
 def test_scan_kernel_bench_times_current_against_a_baseline(tmp_path, capsys) -> None:
     """tools/bench/scan_kernel.py: the kernel built per target, timed beside a baseline version of
     compile/scan_kernel.py (here the same file: identical outputs), and a clear error for a wrong file."""
-    spec = importlib.util.spec_from_file_location("scan_kernel_bench", ROOT / "tools" / "bench" / "scan_kernel.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_tool("scan_kernel")
     res = mod.run(["host"], ["dmm-recurrent"], ROOT / "compile" / "scan_kernel.py", rounds=2, number=3, seed=0)
     (row,) = [r for r in res["rows"] if r["version"] == "current"]
     assert row["elements"] == 2 * 128 * 16 and row["lanes"] == 8
@@ -221,9 +221,7 @@ def test_window_bench_times_each_scan_of_the_step_alone(tmp_path) -> None:
     """tools/bench/window_step.py's scan-alone entries: one per distinct ``ssmc::selective_scan`` call of the
     exported window step (MambaDM: a global scan over the 3K tokens and a local one over K timesteps of 3
     tokens, per layer), each built and timed; the report sets their sum against the whole step."""
-    spec = importlib.util.spec_from_file_location("window_step_bench", ROOT / "tools" / "bench" / "window_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_tool("window_step")
     calls, entries = mod.scan_entries("mambadm", 2, tmp_path)
     layers = build_model("mambadm", 11, 3, K=2).config.n_layer
     assert {c["shape"]: c["calls_per_step"] for c in calls} == {"1x6x64x16": layers, "2x3x64x16": layers}
@@ -240,20 +238,11 @@ def test_window_bench_times_each_scan_of_the_step_alone(tmp_path) -> None:
 def test_train_throughput_times_the_fused_kernels_alone() -> None:
     """``train_throughput.py --kernels``: the exp, scan forward and backward per state element at DeMa's
     layer shape (the rows docs/training-throughput.md quotes)."""
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "tools" / "bench" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.kernels(batch=1, repeats=1)
+    rows = _load_tool("train_throughput").kernels(batch=1, repeats=1)
     assert [r["kernel"] for r in rows] == ["exp", "scan forward", "scan backward"]
     assert rows[1]["elements"] == rows[2]["elements"] == 1 * 128 * 60 * 64
     assert all(r["ms"] > 0 and r["ns_per_element"] > 0 for r in rows)
 
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_long_context_bench_checks_the_cache_and_sums_the_run() -> None:
