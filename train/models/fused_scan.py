@@ -4,10 +4,12 @@ The scheme is mamba-ssm's CUDA kernel's (``selective_scan_fwd_kernel`` / ``selec
 on a CPU core instead of a thread block:
 
 - forward: for every (batch, channel) pair keep its state h (d_state floats) in a local buffer that stays
-  in L1, walk the tokens once, write y (b, d, l) and the last state; nothing of size (b, l, d, n) exists.
-- backward: for the same pair, recompute the pair's states into an (l + 1, n) buffer (l·n floats: 80 KB at
-  DeMa-RNN's K = 200 and d_state 64, inside L2), then run the adjoint recurrence backwards in time
-  (formulas in ``scan.SelectiveScanFn``). Only the inputs are saved between forward and backward.
+  in L1, walk the tokens once, write the output and the last state, and keep the state every ``CHUNK``
+  tokens (checkpoints); nothing of size (b, l, d, n) exists.
+- backward: for the same pair, one chunk at a time from the last, recompute the chunk's states from its
+  checkpoint into a (CHUNK + 1, n) buffer, then run the adjoint recurrence backwards through it (formulas
+  in ``scan.SelectiveScanFn``). Saved between forward and backward: the inputs, the pre-gate output and
+  the checkpoints.
 
 Why numba rather than a C++ extension: it installs as a wheel with no compiler on the machine (a
 ``torch.utils.cpp_extension`` build needs g++, ninja and ~1 min of compiling against torch's headers on
@@ -18,13 +20,15 @@ exp: fp32 inputs use a polynomial 2^x (the same range reduction as the compiler'
 written so that LLVM vectorises the inner loop over d_state; libm's ``expf`` is a call per element that
 blocks vectorisation and was most of the scan's time. fp64 inputs use ``math.exp`` (exact, for gradcheck).
 
-The D skip and the SiLU(z) gate are fused too (as in mamba-ssm's kernel), and the kernels index u, Δ and
-z as (b, l, d) views of Mamba's batch-major activations with whatever strides they have: the transposes
+The D skip and the SiLU(z) gate are fused too (as in mamba-ssm's kernel), and the kernels take u, Δ and z
+as (b, l, d) views of Mamba's batch-major activations with whatever strides they have (each batch row is
+transposed once into channel-major buffers inside the kernel): the transposes
 to and from a (b, d, l) layout, and the separate skip and gate ops with their backward passes, were about
 a tenth of a DeMa layer's training time (torch.profiler, tools/bench/train_throughput.py --profile).
 
 The backward walks channels in pairs that share the loads of B_t, C_t and the updates of their gradients
-(about 15 % off the backward at DeMa's shape). Layouts: u, Δ, z and the output (b, l, d), any strides; A (d, n); B, C (b, l, n); last state (b, d, n).
+(about 15 % off the backward at DeMa's shape). Layouts: u, Δ, z and the output (b, l, d), any strides;
+A (d, n); B, C (b, l, n); last state (b, d, n).
 """
 
 from __future__ import annotations
